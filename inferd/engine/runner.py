@@ -1,0 +1,166 @@
+"""ModelRunner: turns a SchedulerOutput into tensors, runs the model once, and samples.
+
+It owns the KV-cache tensors and the model; it never decides what to run. One call = one
+forward pass over a flat batch (decode tokens first, then prefill chunks), logits only for rows
+that sample, one sampler call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+from inferd.config import CacheConfig
+from inferd.engine.sampler import SampleResult, sample, top_logprobs
+from inferd.engine.scheduler import SchedulerOutput
+from inferd.engine.sequence import Sequence
+from inferd.kernels.attention import AttentionMetadata
+from inferd.model.loader import LoadedModel
+
+GIB = 1 << 30
+# CPU fp32 GEMM takes a different kernel for 1-3 rows than for 4+, and the two round
+# differently; padding every GEMM to 4 rows keeps greedy output independent of batch size.
+MIN_ROWS_FP32_CPU = 4
+
+
+@dataclass
+class StepResult:
+    """Per scheduled sequence that sampled: the row results, in scheduling order."""
+
+    seqs: list[Sequence]
+    sampled: SampleResult
+    spec_logits: dict[int, torch.Tensor]  # seq_id -> [k+1, V] logits for speculative verification
+    prompt_logprobs: dict[int, list]  # seq_id -> logprob entries for this chunk's prompt tokens
+
+
+def kv_block_bytes(loaded: LoadedModel, cache: CacheConfig, dtype: torch.dtype) -> int:
+    a = loaded.arch
+    return 2 * a.num_layers * cache.block_size * a.num_kv_heads * a.head_dim * dtype.itemsize
+
+
+def plan_num_blocks(loaded: LoadedModel, cache: CacheConfig, dtype: torch.dtype) -> int:
+    """Blocks that fit the configured memory (GiB), or a fraction of free memory capped."""
+    if cache.kv_cache_memory_gib is not None:
+        budget = cache.kv_cache_memory_gib * GIB
+    elif loaded.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(loaded.device)
+        budget = min(free * 0.8, free * max(cache.memory_fraction, 0.5))
+    else:
+        budget = min(psutil.virtual_memory().available * cache.memory_fraction,
+                     cache.max_kv_cache_gib * GIB)
+    return max(2, int(budget // kv_block_bytes(loaded, cache, dtype)))
+
+
+class ModelRunner:
+    def __init__(self, loaded: LoadedModel, cache: CacheConfig, num_blocks: int):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.device = loaded.device
+        self.block_size = cache.block_size
+        self.num_blocks = num_blocks
+        a = loaded.arch
+        kv_dtype = loaded.dtype
+        shape = (num_blocks, cache.block_size, a.num_kv_heads, a.head_dim)
+        self.kv_caches = [(torch.zeros(shape, dtype=kv_dtype, device=self.device),
+                           torch.zeros(shape, dtype=kv_dtype, device=self.device))
+                          for _ in range(a.num_layers)]
+        self.min_rows = (MIN_ROWS_FP32_CPU
+                         if self.device.type == "cpu" and loaded.dtype == torch.float32 else 1)
+        self.eos_ids = loaded.tokenizer.eos_token_ids
+
+    def _pad(self, n: int) -> int:
+        return max(0, self.min_rows - n)
+
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput, spec_tokens: dict[int, list[int]] | None = None
+                ) -> StepResult:
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        query_start = [0]
+        seq_lens: list[int] = []
+        query_lens: list[int] = []
+        tables: list[list[int]] = []
+        num_decodes = 0
+        sample_rows: list[int] = []  # flat row whose hidden state feeds the sampler
+        sample_seqs: list[Sequence] = []
+        spec_rows: dict[int, tuple[int, int]] = {}
+        prompt_lp_rows: dict[int, tuple[Sequence, int, int, int]] = {}
+        for entry in sched.scheduled:
+            seq = entry.seq
+            start = seq.num_computed_tokens
+            real = entry.num_tokens - entry.num_spec
+            toks = seq.token_ids[start:start + real]
+            if entry.num_spec:
+                toks = toks + spec_tokens[seq.seq_id][:entry.num_spec]
+            n = len(toks)
+            if n == 1:
+                num_decodes += 1
+            row0 = len(input_ids)
+            input_ids.extend(toks)
+            positions.extend(range(start, start + n))
+            table = seq.block_table
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
+            query_start.append(row0 + n)
+            seq_lens.append(start + n)
+            query_lens.append(n)
+            tables.append(table)
+            if seq.prompt_logprobs is not None and start < seq.prompt_len:
+                prompt_lp_rows[seq.seq_id] = (seq, row0, min(n, seq.prompt_len - start), start)
+            if entry.samples:
+                last = row0 + real - 1
+                sample_rows.append(last)
+                sample_seqs.append(seq)
+                if entry.num_spec:
+                    spec_rows[seq.seq_id] = (last, entry.num_spec + 1)
+        pad = self._pad(len(input_ids))
+        input_ids.extend([0] * pad)
+        positions.extend([0] * pad)
+        slots.extend(range(pad))  # the null block absorbs padding rows
+        width = max(len(t) for t in tables)
+        dev = self.device
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.long, device=dev),
+            seq_lens=seq_lens, query_lens=query_lens,
+            seq_lens_t=torch.tensor(seq_lens, dtype=torch.long, device=dev),
+            query_start=query_start, block_size=bs, max_seq_len=max(seq_lens),
+            num_decodes=num_decodes, sliding_window=self.loaded.arch.sliding_window,
+        )
+        hidden = self.model(torch.tensor(input_ids, device=dev), torch.tensor(positions, device=dev),
+                            self.kv_caches, meta)
+        return self._sample(hidden, sample_rows, sample_seqs, spec_rows, prompt_lp_rows)
+
+    def _logits(self, hidden: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        n = len(rows)
+        idx = torch.tensor(rows + [rows[-1]] * self._pad(n), device=self.device)
+        return self.model.compute_logits(hidden[idx])[:n]
+
+    def _sample(self, hidden, sample_rows, sample_seqs, spec_rows, prompt_lp_rows) -> StepResult:
+        spec_logits: dict[int, torch.Tensor] = {}
+        prompt_lps: dict[int, list] = {}
+        if not sample_rows:
+            return StepResult([], SampleResult([], [], []), spec_logits,
+                              self._prompt_logprobs(hidden, prompt_lp_rows))
+        logits = self._logits(hidden, sample_rows)
+        for seq_id, (row, count) in spec_rows.items():
+            spec_logits[seq_id] = self._logits(hidden, list(range(row, row + count)))
+        prompt_lps = self._prompt_logprobs(hidden, prompt_lp_rows)
+        result = sample(logits, sample_seqs, self.eos_ids)
+        return StepResult(sample_seqs, result, spec_logits, prompt_lps)
+
+    def _prompt_logprobs(self, hidden, prompt_lp_rows) -> dict[int, list]:
+        """Logprob of each next prompt token given its prefix (for echo + logprobs)."""
+        out: dict[int, list] = {}
+        for seq_id, (seq, row0, count, start) in prompt_lp_rows.items():
+            # Row r predicts token start + r + 1; the last prompt token predicts the first output.
+            pairs = [(row0 + r, start + r + 1) for r in range(count) if start + r + 1 < seq.prompt_len]
+            if not pairs:
+                continue
+            lp = torch.log_softmax(self._logits(hidden, [p[0] for p in pairs]), dim=-1)
+            k = seq.params.prompt_logprobs or 0
+            out[seq_id] = [top_logprobs(lp[i], seq.token_ids[tok], k) for i, (_, tok) in enumerate(pairs)]
+        return out

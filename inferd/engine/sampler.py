@@ -1,0 +1,128 @@
+"""Sampler: logits of the rows that sample this step -> next tokens (+ logprobs).
+
+Processing order follows vLLM: logit bias and min_tokens masking, repetition/frequency/presence
+penalties, then temperature, top-k, top-p, min-p. Greedy rows take the argmax of the processed
+logits. Each sequence owns a torch.Generator, so a seeded request draws the same tokens whatever
+else is in the batch. Logprobs are reported from the model's raw distribution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from inferd.engine.sequence import Sequence
+from inferd.outputs import TokenLogprobs
+
+
+@dataclass
+class SampleResult:
+    token_ids: list[int]
+    logprobs: list[TokenLogprobs | None]  # per row, when the sequence asked for logprobs
+    chosen_logprobs: list[float]  # raw logprob of each chosen token
+
+
+def make_generator(seed: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+def apply_penalties_and_masks(logits: torch.Tensor, seqs: list[Sequence],
+                              eos_ids: frozenset[int]) -> torch.Tensor:
+    """Return processed logits (a copy only when some row needs processing)."""
+    vocab = logits.shape[-1]
+    out = logits
+    for row, seq in enumerate(seqs):
+        p = seq.params
+        needs_min = seq.num_output_tokens < p.min_tokens
+        if not (p.logit_bias or needs_min or p.repetition_penalty != 1.0
+                or p.presence_penalty or p.frequency_penalty):
+            continue
+        if out is logits:
+            out = logits.clone()
+        x = out[row]
+        if p.logit_bias:
+            ids = torch.tensor([int(t) for t in p.logit_bias if 0 <= int(t) < vocab], dtype=torch.long)
+            vals = torch.tensor([float(v) for t, v in p.logit_bias.items() if 0 <= int(t) < vocab],
+                                dtype=x.dtype)
+            if len(ids):
+                x.index_add_(0, ids.to(x.device), vals.to(x.device))
+        if needs_min:
+            banned = set(p.stop_token_ids) | (set() if p.ignore_eos else set(eos_ids))
+            if banned:
+                x[torch.tensor(sorted(banned), device=x.device)] = float("-inf")
+        if p.repetition_penalty != 1.0:
+            seen = torch.tensor(sorted(set(seq.token_ids)), device=x.device, dtype=torch.long)
+            vals = x[seen]
+            x[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        if p.presence_penalty or p.frequency_penalty:
+            outs = seq.output_token_ids
+            if outs:
+                counts = torch.bincount(torch.tensor(outs, device=x.device), minlength=vocab)[:vocab]
+                x -= p.frequency_penalty * counts.to(x.dtype)
+                x -= p.presence_penalty * (counts > 0).to(x.dtype)
+    return out
+
+
+def filter_logits(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+    """Temperature, top-k, top-p and min-p for the non-greedy rows; returns log-space scores."""
+    temps = torch.tensor([max(s.params.temperature, 1e-5) for s in seqs], device=logits.device)
+    x = logits / temps[:, None]
+    need_sort = [i for i, s in enumerate(seqs) if s.params.top_k > 0 or s.params.top_p < 1.0]
+    if need_sort:
+        rows = torch.tensor(need_sort, device=x.device)
+        sub = x[rows]
+        sorted_vals, sorted_idx = sub.sort(dim=-1, descending=True)
+        vocab = sub.shape[-1]
+        ks = torch.tensor([seqs[i].params.top_k or vocab for i in need_sort], device=x.device)
+        ps = torch.tensor([seqs[i].params.top_p for i in need_sort], device=x.device)
+        ranks = torch.arange(vocab, device=x.device)[None, :]
+        drop = ranks >= ks[:, None]
+        probs = sorted_vals.softmax(dim=-1)
+        drop |= (probs.cumsum(dim=-1) - probs) > ps[:, None]
+        drop[:, 0] = False  # the top token always survives
+        sorted_vals = sorted_vals.masked_fill(drop, float("-inf"))
+        sub = torch.empty_like(sub).scatter_(1, sorted_idx, sorted_vals)
+        x[rows] = sub
+    min_ps = [s.params.min_p for s in seqs]
+    if any(min_ps):
+        mp = torch.tensor(min_ps, device=x.device)
+        probs = x.softmax(dim=-1)
+        x = x.masked_fill(probs < mp[:, None] * probs.max(dim=-1, keepdim=True).values, float("-inf"))
+    return x
+
+
+def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: frozenset[int]) -> SampleResult:
+    """logits: [B, V] fp32, row i belongs to seqs[i]."""
+    processed = apply_penalties_and_masks(logits, seqs, eos_ids)
+    tokens = processed.argmax(dim=-1)
+    random_rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
+    if random_rows:
+        rows = torch.tensor(random_rows, device=logits.device)
+        scores = filter_logits(processed[rows], [seqs[i] for i in random_rows])
+        probs = scores.softmax(dim=-1)
+        for j, i in enumerate(random_rows):
+            tokens[i] = torch.multinomial(probs[j], 1, generator=seqs[i].generator)[0]
+    token_list = tokens.tolist()
+    want_lp = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
+    logprobs: list[TokenLogprobs | None] = [None] * len(seqs)
+    chosen: list[float] = [0.0] * len(seqs)
+    if want_lp:
+        rows = torch.tensor(want_lp, device=logits.device)
+        lp = torch.log_softmax(logits[rows], dim=-1)
+        for j, i in enumerate(want_lp):
+            logprobs[i] = top_logprobs(lp[j], token_list[i], seqs[i].params.logprobs or 0)
+            chosen[i] = logprobs[i][token_list[i]]
+    return SampleResult(token_list, logprobs, chosen)
+
+
+def top_logprobs(row_logprobs: torch.Tensor, chosen: int, k: int) -> TokenLogprobs:
+    """The chosen token's logprob first, then the top-k alternatives (dict keeps that order)."""
+    entry: TokenLogprobs = {chosen: float(row_logprobs[chosen])}
+    if k > 0:
+        vals, idx = row_logprobs.topk(k)
+        for v, t in zip(vals.tolist(), idx.tolist(), strict=True):
+            entry.setdefault(t, v)
+    return entry

@@ -1,0 +1,130 @@
+"""Paged attention over block tables for one flat batch of prefill chunks and decode tokens.
+
+The KV cache of one layer is a pair of tensors [num_blocks, block_size, kv_heads, head_dim];
+a sequence's keys live in the blocks its block table names. This module writes new keys/values
+into their slots and attends each query over its own sequence's cached prefix, causally.
+The CPU path (here) is plain torch; the CUDA path lives in `attention_triton.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    """Where each token of the flat batch belongs. Built by the runner once per step.
+
+    Sequence s owns query tokens [query_start[s], query_start[s+1]) of the batch; after this step
+    its context holds seq_lens[s] tokens, so query j of s sits at position
+    seq_lens[s] - query_len[s] + j and attends to positions 0..itself.
+    """
+
+    slot_mapping: torch.Tensor  # [T] int64: flat cache slot receiving each token's K/V (-1: skip)
+    block_tables: torch.Tensor  # [S, max_blocks] int64
+    seq_lens: list[int]  # per sequence, context length after this step
+    query_lens: list[int]  # per sequence, tokens in this step
+    seq_lens_t: torch.Tensor  # [S] int64, same as seq_lens
+    query_start: list[int]  # [S+1] prefix sums of query_lens
+    block_size: int
+    max_seq_len: int
+    num_decodes: int  # the first num_decodes sequences have query_len == 1
+    sliding_window: int | None = None
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seq_lens)
+
+
+def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """Store this step's keys/values [T, Hk, D] into their cache slots."""
+    kv_heads, head_dim = k_cache.shape[-2:]
+    k_cache.view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, k.to(k_cache.dtype))
+    v_cache.view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
+
+
+def _context_slots(block_table: torch.Tensor, length: int, block_size: int) -> torch.Tensor:
+    """Flat slot ids of positions 0..length-1 for one or many block tables."""
+    num_blocks = (length + block_size - 1) // block_size
+    offsets = torch.arange(block_size, device=block_table.device)
+    slots = block_table[..., :num_blocks, None] * block_size + offsets
+    return slots.flatten(-2)[..., :length]
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """q: [T, Hq, D] -> [T, Hq, D]. Keys/values for this step must already be written."""
+    if q.is_cuda:
+        from inferd.kernels.attention_triton import paged_attention_cuda
+
+        return paged_attention_cuda(q, k_cache, v_cache, meta, scale)
+    # Zeros, not empty: padding rows must stay finite, since their K/V land in the null block
+    # that masked-out positions of other sequences read (0 * NaN would poison them).
+    out = torch.zeros_like(q)
+    nd = meta.num_decodes
+    if nd:
+        out[:nd] = _decode_attention(q[:nd], k_cache, v_cache, meta, scale)
+    for s in range(nd, meta.num_seqs):
+        lo, hi = meta.query_start[s], meta.query_start[s + 1]
+        out[lo:hi] = _prefill_attention(q[lo:hi], k_cache, v_cache, meta.block_tables[s],
+                                        meta.seq_lens[s], meta.block_size, scale,
+                                        meta.sliding_window)
+    return out
+
+
+def _gqa_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                scale: float) -> torch.Tensor:
+    """q: [B, Hk, G*Q, D]; k, v: [B, Hk, L, D]; mask broadcastable to scores (True = hide).
+
+    Softmax runs in fp32 whatever the activation dtype, which keeps bf16 close to the reference.
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
+    if mask is not None:
+        scores.masked_fill_(mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    return torch.matmul(probs, v)
+
+
+def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                      meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """All single-token queries at once: gather each context (padded to the longest) and mask."""
+    nd = q.shape[0]
+    kv_heads, head_dim = k_cache.shape[-2:]
+    heads = q.shape[1]
+    lens = meta.seq_lens_t[:nd]
+    max_len = int(max(meta.seq_lens[:nd]))
+    slots = _context_slots(meta.block_tables[:nd], max_len, meta.block_size)  # [nd, L]
+    k = k_cache.view(-1, kv_heads, head_dim)[slots].transpose(1, 2)  # [nd, Hk, L, D]
+    v = v_cache.view(-1, kv_heads, head_dim)[slots].transpose(1, 2)
+    pos = torch.arange(max_len, device=q.device)
+    hide = pos[None, :] >= lens[:, None]  # [nd, L]
+    if meta.sliding_window is not None:
+        hide |= pos[None, :] < (lens[:, None] - meta.sliding_window)
+    qg = q.view(nd, kv_heads, heads // kv_heads, head_dim).to(k.dtype)
+    out = _gqa_attend(qg, k, v, hide[:, None, None, :], scale)
+    return out.reshape(nd, heads, head_dim).to(q.dtype)
+
+
+def _prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                       block_table: torch.Tensor, seq_len: int, block_size: int, scale: float,
+                       sliding_window: int | None) -> torch.Tensor:
+    """A chunk of Q consecutive queries ending at position seq_len-1, over the cached context."""
+    num_q, heads, head_dim = q.shape
+    kv_heads = k_cache.shape[-2]
+    slots = _context_slots(block_table, seq_len, block_size)
+    k = k_cache.view(-1, kv_heads, head_dim)[slots].transpose(0, 1)  # [Hk, L, D]
+    v = v_cache.view(-1, kv_heads, head_dim)[slots].transpose(0, 1)
+    group = heads // kv_heads
+    # [Hk, G, Q, D] flattened to [Hk, G*Q, D] so one matmul serves the whole group.
+    qg = q.transpose(0, 1).reshape(kv_heads, group * num_q, head_dim).to(k.dtype)
+    q_pos = torch.arange(seq_len - num_q, seq_len, device=q.device)
+    k_pos = torch.arange(seq_len, device=q.device)
+    hide = k_pos[None, :] > q_pos[:, None]  # [Q, L]
+    if sliding_window is not None:
+        hide |= k_pos[None, :] <= (q_pos[:, None] - sliding_window)
+    hide = hide.repeat(group, 1)  # rows ordered (g, q), matching qg
+    out = _gqa_attend(qg, k, v, hide, scale)  # [Hk, G*Q, D]
+    return out.view(heads, num_q, head_dim).transpose(0, 1).to(q.dtype)

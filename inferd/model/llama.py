@@ -1,0 +1,149 @@
+"""Our Llama-family decoder (Llama, SmolLM2, Mistral, Qwen2) over a flat, packed token batch.
+
+The forward pass takes every scheduled token of every sequence as one [T] batch with per-token
+positions, and reads/writes keys and values through the paged KV cache named in
+`AttentionMetadata`. It knows nothing of requests or scheduling. Weights use HF parameter names,
+with q/k/v and gate/up fused (`load_hf_state_dict` does the fusing).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from inferd.kernels.attention import AttentionMetadata, paged_attention, write_kv
+from inferd.model.arch import ArchConfig
+from inferd.model.rope import RotaryEmbedding
+
+KVCaches = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (k_cache, v_cache)
+
+
+class RMSNorm(nn.Module):
+    """HF-exact RMSNorm: normalise in fp32, scale in the activation dtype."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ArchConfig, rotary: RotaryEmbedding):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_size, self.kv_size = cfg.q_size, cfg.kv_size
+        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
+        self.rotary = rotary
+        self.scale = self.head_dim ** -0.5
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor],
+                meta: AttentionMetadata) -> torch.Tensor:
+        qkv = self.qkv_proj(x)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        t = x.shape[0]
+        q = q.view(t, self.num_heads, self.head_dim)
+        k = k.view(t, self.num_kv_heads, self.head_dim)
+        v = v.view(t, self.num_kv_heads, self.head_dim)
+        q, k = self.rotary(positions, q, k)
+        write_kv(k, v, kv_cache[0], kv_cache[1], meta.slot_mapping)
+        out = paged_attention(q, kv_cache[0], kv_cache[1], meta, self.scale)
+        return self.o_proj(out.reshape(t, self.q_size))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ArchConfig):
+        super().__init__()
+        self.intermediate = cfg.intermediate_size
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
+        return self.down_proj(nn.functional.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ArchConfig, rotary: RotaryEmbedding):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, rotary)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, positions, x, kv_cache, meta):
+        x = x + self.self_attn(positions, self.input_layernorm(x), kv_cache, meta)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    """Embedding, decoder layers and final norm (HF's `model.*` submodule)."""
+
+    def __init__(self, cfg: ArchConfig, max_positions: int):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        rotary = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling,
+                                 cfg.max_position_embeddings)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, rotary) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, cfg: ArchConfig, max_positions: int | None = None):
+        super().__init__()
+        self.config = cfg
+        self.model = Backbone(cfg, max_positions or cfg.max_position_embeddings)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: KVCaches,
+                meta: AttentionMetadata) -> torch.Tensor:
+        """Return final hidden states [T, hidden] for every token of the flat batch."""
+        x = self.model.embed_tokens(input_ids)
+        for layer, kv in zip(self.model.layers, kv_caches, strict=True):
+            x = layer(positions, x, kv, meta)
+        return self.model.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits in fp32 for the rows the sampler needs (usually one per sequence)."""
+        return self.lm_head(hidden).float()
+
+    @torch.no_grad()
+    def load_hf_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy HF-named tensors in, fusing q/k/v and gate/up; every parameter must be provided."""
+        own = dict(self.named_parameters())
+        filled: set[str] = set()
+
+        def put(name: str, value: torch.Tensor) -> None:
+            param = own[name]
+            if param.shape != value.shape:
+                raise ValueError(f"tensor {name}: expected shape {tuple(param.shape)}, got {tuple(value.shape)}")
+            param.copy_(value)
+            filled.add(name)
+
+        for i in range(self.config.num_layers):
+            p = f"model.layers.{i}"
+            for kind in ("weight", "bias"):
+                parts = [tensors.pop(f"{p}.self_attn.{n}_proj.{kind}", None) for n in "qkv"]
+                if all(t is not None for t in parts):
+                    put(f"{p}.self_attn.qkv_proj.{kind}", torch.cat(parts, dim=0))
+                parts = [tensors.pop(f"{p}.mlp.{n}_proj.{kind}", None) for n in ("gate", "up")]
+                if all(t is not None for t in parts):
+                    put(f"{p}.mlp.gate_up_proj.{kind}", torch.cat(parts, dim=0))
+        for name, value in tensors.items():
+            if name == "lm_head.weight" and self.config.tie_word_embeddings:
+                continue
+            if name in own:
+                put(name, value)
+        if self.config.tie_word_embeddings:
+            filled.add("lm_head.weight")
+        missing = sorted(set(own) - filled)
+        if missing:
+            raise ValueError(f"checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")

@@ -1,0 +1,76 @@
+"""load_model: one entry point from a model name or path to a ready LlamaForCausalLM + tokenizer."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from inferd.config import ModelConfig, resolve_device, resolve_dtype
+from inferd.model.arch import ArchConfig
+from inferd.model.errors import ModelLoadError
+from inferd.model.gguf_loader import arch_from_gguf, load_gguf_tensors, load_gguf_tokenizer, open_gguf
+from inferd.model.llama import LlamaForCausalLM
+from inferd.model.registry import resolve_model_path
+from inferd.model.safetensors_loader import load_hf_tokenizer, load_safetensors, read_hf_config
+from inferd.tokenizer import Tokenizer
+
+# Hub access is never wanted: every model is a local file or a bundled package.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@dataclass
+class LoadedModel:
+    model: LlamaForCausalLM
+    arch: ArchConfig
+    tokenizer: Tokenizer
+    path: Path
+    dtype: torch.dtype
+    device: torch.device
+    max_model_len: int
+    load_seconds: float
+
+
+def load_model(cfg: ModelConfig) -> LoadedModel:
+    start = time.perf_counter()
+    path = resolve_model_path(cfg.model)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ValueError("dtype float16 is not supported on CPU; use float32 or bfloat16")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelLoadError(str(path), "unsupported file type; expected a .gguf file or a HF model directory")
+        reader = open_gguf(path)
+        arch = arch_from_gguf(reader, path)
+        tensors = load_gguf_tensors(reader, arch, path)
+        hf_tok = load_gguf_tokenizer(path)
+    else:
+        arch = read_hf_config(path)
+        tensors = load_safetensors(path)
+        hf_tok = load_hf_tokenizer(path)
+    max_len = min(cfg.max_model_len or arch.max_position_embeddings, arch.max_position_embeddings) \
+        if arch.rope_scaling is None else (cfg.max_model_len or arch.max_position_embeddings)
+    torch.manual_seed(cfg.seed)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(arch, max_positions=max_len)
+    model = model.to_empty(device="cpu")
+    # Buffers (RoPE tables) were created on meta; rebuild them for real.
+    model.model.layers[0].self_attn.rotary.__init__(
+        arch.head_dim, max_len, arch.rope_theta, arch.rope_scaling, arch.max_position_embeddings)
+    if arch.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    try:
+        model.load_hf_state_dict(tensors)
+    except ValueError as exc:
+        raise ModelLoadError(str(path), str(exc)) from None
+    del tensors
+    model = model.to(device=device, dtype=dtype).eval()
+    rotary = model.model.layers[0].self_attn.rotary
+    rotary.cos, rotary.sin = rotary.cos.float(), rotary.sin.float()  # tables stay fp32, as HF's
+    tokenizer = Tokenizer(hf_tok, arch)
+    return LoadedModel(model, arch, tokenizer, path, dtype, device, max_len, time.perf_counter() - start)

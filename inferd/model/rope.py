@@ -1,0 +1,94 @@
+"""Rotary position embeddings, including the rope_scaling variants Llama-family configs use.
+
+Computes the inverse frequencies the way HF transformers does (default, linear, llama3, yarn),
+so that positions map to exactly the same angles as the reference.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+
+def _yarn_inv_freq(base: float, dim: int, sc: dict[str, Any], max_pos: int) -> tuple[torch.Tensor, float]:
+    factor = float(sc["factor"])
+    original = int(sc.get("original_max_position_embeddings") or max_pos)
+    beta_fast = float(sc.get("beta_fast") or 32)
+    beta_slow = float(sc.get("beta_slow") or 1)
+    mscale = sc.get("attention_factor")
+    if mscale is None:
+        mscale = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+
+    def correction_dim(num_rot: float) -> float:
+        return (dim * math.log(original / (num_rot * 2 * math.pi))) / (2 * math.log(base))
+
+    low = max(math.floor(correction_dim(beta_fast)), 0)
+    high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001
+    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)
+    inv_extra = 1.0 / pos_freqs
+    inv_inter = 1.0 / (factor * pos_freqs)
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    extra_factor = 1 - ramp
+    inv = inv_inter * (1 - extra_factor) + inv_extra * extra_factor
+    return inv, float(mscale)
+
+
+def rope_inv_freq(
+    head_dim: int, base: float, scaling: dict[str, Any] | None, max_pos: int
+) -> tuple[torch.Tensor, float]:
+    """Return (inv_freq [head_dim/2], attention_scaling) for the configured rope type."""
+    inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    if not scaling:
+        return inv, 1.0
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return inv, 1.0
+    if kind == "linear":
+        return inv / float(scaling["factor"]), 1.0
+    if kind == "llama3":
+        factor = float(scaling["factor"])
+        low_ff = float(scaling.get("low_freq_factor", 1.0))
+        high_ff = float(scaling.get("high_freq_factor", 4.0))
+        old_ctx = int(scaling["original_max_position_embeddings"])
+        low_wl, high_wl = old_ctx / low_ff, old_ctx / high_ff
+        wavelen = 2 * math.pi / inv
+        scaled = torch.where(wavelen > low_wl, inv / factor, inv)
+        smooth = (old_ctx / wavelen - low_ff) / (high_ff - low_ff)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wl) & ~(wavelen > low_wl)
+        return torch.where(medium, smoothed, scaled), 1.0
+    if kind == "yarn":
+        return _yarn_inv_freq(base, head_dim, scaling, max_pos)
+    raise ValueError(f"unsupported rope_scaling type {kind!r}; inferd supports {SUPPORTED_ROPE_TYPES}")
+
+
+class RotaryEmbedding(torch.nn.Module):
+    """Precomputed cos/sin tables indexed by absolute position (HF's rotate-half layout)."""
+
+    def __init__(self, head_dim: int, max_positions: int, base: float, scaling: dict | None,
+                 orig_max_pos: int):
+        super().__init__()
+        inv_freq, attn_scale = rope_inv_freq(head_dim, base, scaling, orig_max_pos)
+        pos = torch.arange(max_positions, dtype=torch.float32)
+        freqs = pos[:, None] * inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.register_buffer("cos", emb.cos() * attn_scale, persistent=False)
+        self.register_buffer("sin", emb.sin() * attn_scale, persistent=False)
+
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """q: [T, Hq, D], k: [T, Hk, D]; rotate both in the activation dtype, as HF does."""
+        cos = self.cos[positions].to(q.dtype).unsqueeze(1)
+        sin = self.sin[positions].to(q.dtype).unsqueeze(1)
+        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

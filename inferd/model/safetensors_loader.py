@@ -1,0 +1,58 @@
+"""HF directory loader: config.json, *.safetensors shards and tokenizer files, all local."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from inferd.model.arch import ArchConfig
+from inferd.model.errors import ModelLoadError
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def read_hf_config(directory: Path) -> ArchConfig:
+    cfg_path = directory / "config.json"
+    if not cfg_path.is_file():
+        raise ModelLoadError(str(directory), "config.json missing (expected a .gguf file or a HF model directory)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(str(cfg_path), f"unreadable config.json ({exc})") from None
+    try:
+        return ArchConfig.from_hf_config(cfg)
+    except ValueError as exc:
+        raise ModelLoadError(str(cfg_path), str(exc)) from None
+    except KeyError as exc:
+        raise ModelLoadError(str(cfg_path), f"config.json lacks required key {exc}") from None
+
+
+def load_safetensors(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(str(directory), "no *.safetensors weight files")
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            shard = load_file(str(f))
+        except Exception as exc:  # SafetensorError, OSError: truncated or not safetensors
+            raise ModelLoadError(str(f), f"corrupt or truncated safetensors file ({exc})") from None
+        for name, t in shard.items():
+            if t.dtype not in FLOAT_DTYPES:
+                raise ModelLoadError(str(f), f"tensor {name} has unsupported dtype {t.dtype}; "
+                                             "inferd loads float32/float16/bfloat16 checkpoints")
+            tensors[name] = t
+    return tensors
+
+
+def load_hf_tokenizer(directory: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except Exception as exc:
+        raise ModelLoadError(str(directory), f"cannot load tokenizer files ({exc})") from None

@@ -1,0 +1,58 @@
+"""Tokenizer: the HF fast tokenizer behind one small interface (encode, decode, chat template).
+
+The engine only ever sees token ids; this wrapper is what the API layers and the detokenizer use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inferd.model.arch import ArchConfig
+
+Message = dict[str, Any]
+
+
+class Tokenizer:
+    def __init__(self, hf_tokenizer, arch: ArchConfig | None = None):
+        self.hf = hf_tokenizer
+        eos = set(arch.eos_token_ids if arch else ())
+        if hf_tokenizer.eos_token_id is not None:
+            eos.add(int(hf_tokenizer.eos_token_id))
+        self.eos_token_ids: frozenset[int] = frozenset(eos)
+        self.bos_token_id: int | None = hf_tokenizer.bos_token_id
+        self.vocab_size = len(hf_tokenizer)
+        self.all_special_ids = frozenset(hf_tokenizer.all_special_ids)
+
+    @property
+    def chat_template(self) -> str | None:
+        return getattr(self.hf, "chat_template", None)
+
+    @property
+    def eos_token(self) -> str | None:
+        return self.hf.eos_token
+
+    @property
+    def bos_token(self) -> str | None:
+        return self.hf.bos_token
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self.hf.encode(text, add_special_tokens=add_special_tokens))
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        return self.hf.convert_ids_to_tokens(ids)
+
+    def token_to_text(self, token_id: int) -> str:
+        """The text one token stands for on its own (used for logprob entries)."""
+        return self.hf.decode([token_id], skip_special_tokens=False)
+
+    def apply_chat_template(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
+        if not self.chat_template:
+            raise ValueError("this model has no chat template; use a completion (raw prompt) instead")
+        return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def encode_chat(self, messages: list[Message], add_generation_prompt: bool = True) -> list[int]:
+        # The template writes special tokens itself; adding them again would double the BOS.
+        return self.encode(self.apply_chat_template(messages, add_generation_prompt), add_special_tokens=False)
