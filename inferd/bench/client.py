@@ -94,7 +94,9 @@ async def stream_request(
 ) -> RequestRecord:
     """Send one streaming request; all times are `perf_counter() - t0`."""
     rec = RequestRecord(
-        index=index, send_time=time.perf_counter() - t0, scheduled_time=scheduled_time,
+        index=index,
+        send_time=time.perf_counter() - t0,
+        scheduled_time=scheduled_time,
         max_tokens=body.get("max_tokens"),
     )
     pieces: list[str] = []
@@ -105,10 +107,18 @@ async def stream_request(
                 rec.http_status = resp.status_code
                 if resp.status_code != 200:
                     raw = await resp.aread()
-                    _fail(rec, f"HTTP {resp.status_code}", f"HTTP {resp.status_code}: {_error_message(raw)}")
+                    _fail(
+                        rec,
+                        f"HTTP {resp.status_code}",
+                        f"HTTP {resp.status_code}: {_error_message(raw)}",
+                    )
                     return rec
                 if resp.headers.get("content-type", "").startswith("application/json"):
-                    _fail(rec, "not an event stream", "server answered with JSON, not SSE (streaming unsupported?)")
+                    _fail(
+                        rec,
+                        "not an event stream",
+                        "server answered with JSON, not SSE (streaming unsupported?)",
+                    )
                     return rec
                 async for line in resp.aiter_lines():
                     if not line.startswith("data:"):

@@ -119,5 +119,7 @@ def summarize(
         summary["goodput_request_throughput"] = good / dur
     if price_per_hour is not None and summary["output_throughput"] > 0:
         summary["price_per_hour"] = price_per_hour
-        summary["cost_per_million_output_tokens"] = price_per_hour / (summary["output_throughput"] * 3600.0) * 1e6
+        summary["cost_per_million_output_tokens"] = (
+            price_per_hour / (summary["output_throughput"] * 3600.0) * 1e6
+        )
     return summary

@@ -17,7 +17,12 @@ matplotlib.use("Agg")  # before pyplot: benchmarks run on headless machines
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-LATENCY_PANELS = (("TTFT", "ttft_ms"), ("ITL", "itl_ms"), ("TPOT", "tpot_ms"), ("E2E latency", "e2e_ms"))
+LATENCY_PANELS = (
+    ("TTFT", "ttft_ms"),
+    ("ITL", "itl_ms"),
+    ("TPOT", "tpot_ms"),
+    ("E2E latency", "e2e_ms"),
+)
 PERCENTILE_STYLE = (("p50", "-o"), ("p90", "-s"), ("p99", "-^"), ("mean", "--x"))
 
 
@@ -25,7 +30,11 @@ def _load_axis(runs: list[dict[str, Any]]) -> tuple[list[float], str, list[str] 
     """x values, axis label, and tick labels when the loads are not plain numbers."""
     modes = {r["load"].get("mode") for r in runs}
     if modes == {"concurrency"}:
-        return [float(r["load"]["concurrency"]) for r in runs], "concurrency (requests in flight)", None
+        return (
+            [float(r["load"]["concurrency"]) for r in runs],
+            "concurrency (requests in flight)",
+            None,
+        )
     if modes == {"rate"}:
         rates = [r["load"]["request_rate"] for r in runs]
         if all(isinstance(x, int | float) and math.isfinite(x) for x in rates):
@@ -73,9 +82,16 @@ def plot_throughput(result: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.5))
     for ax, (title, key, color) in zip(axes, panels, strict=True):
         ax.plot(xs, [r["summary"][key] for r in runs], "-o", color=color)
-        if key == "request_throughput" and any(r["summary"].get("goodput") is not None for r in runs):
-            ax.plot(xs, [r["summary"].get("goodput_request_throughput") or 0.0 for r in runs], "--s",
-                    color="tab:green", label="goodput req/s")
+        if key == "request_throughput" and any(
+            r["summary"].get("goodput") is not None for r in runs
+        ):
+            ax.plot(
+                xs,
+                [r["summary"].get("goodput_request_throughput") or 0.0 for r in runs],
+                "--s",
+                color="tab:green",
+                label="goodput req/s",
+            )
             ax.legend(fontsize=8)
         ax.set_title(title)
         ax.set_xlabel(xlabel)
@@ -107,7 +123,9 @@ def plot_cdf(result: dict[str, Any], which: str, path: Path) -> None:
         values = np.sort(np.asarray(_record_values(run, which)))
         if values.size == 0:
             continue
-        ax.step(values, np.arange(1, values.size + 1) / values.size, where="post", label=run["label"])
+        ax.step(
+            values, np.arange(1, values.size + 1) / values.size, where="post", label=run["label"]
+        )
     ax.set_xlabel(f"{which.upper()} (ms)")
     ax.set_ylabel("share of samples")
     ax.set_ylim(0, 1.02)

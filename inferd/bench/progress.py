@@ -17,8 +17,12 @@ class ProgressBar:
     """Counts finished requests against a total (request count) or a time budget (duration)."""
 
     def __init__(
-        self, label: str, total: int | None, duration: float | None,
-        enabled: bool = True, stream: TextIO | None = None,
+        self,
+        label: str,
+        total: int | None,
+        duration: float | None,
+        enabled: bool = True,
+        stream: TextIO | None = None,
     ) -> None:
         self.label, self.total, self.duration = label, total, duration
         self.stream = stream or sys.stderr

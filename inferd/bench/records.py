@@ -38,7 +38,10 @@ class RequestSpec:
         """Flatten chat messages into plain text for `/v1/completions` servers."""
         if self.prompt is not None:
             return self.prompt
-        lines = [f"{m.get('role', 'user').capitalize()}: {m.get('content', '')}" for m in self.messages or ()]
+        lines = [
+            f"{m.get('role', 'user').capitalize()}: {m.get('content', '')}"
+            for m in self.messages or ()
+        ]
         return "\n\n".join(lines) + "\n\nAssistant:"
 
 
@@ -86,7 +89,12 @@ class RequestRecord:
     @property
     def tpot(self) -> float | None:
         """(e2e - TTFT) / (output_tokens - 1); None with fewer than two output tokens."""
-        if self.ttft is None or self.e2e is None or not self.output_tokens or self.output_tokens < 2:
+        if (
+            self.ttft is None
+            or self.e2e is None
+            or not self.output_tokens
+            or self.output_tokens < 2
+        ):
             return None
         return (self.e2e - self.ttft) / (self.output_tokens - 1)
 

@@ -14,8 +14,12 @@ from typing import Any
 from inferd.bench.records import BenchResult
 
 LATENCIES = (("TTFT", "ttft_ms"), ("ITL", "itl_ms"), ("TPOT", "tpot_ms"), ("E2E", "e2e_ms"))
-SOURCE_NAMES = {"usage": "server usage", "tokenizer": "local tokenizer",
-                "sse-events": "SSE content events", "estimate": "workload estimate"}
+SOURCE_NAMES = {
+    "usage": "server usage",
+    "tokenizer": "local tokenizer",
+    "sse-events": "SSE content events",
+    "estimate": "workload estimate",
+}
 
 
 def _num(value: float | None, digits: int = 2) -> str:
@@ -75,7 +79,9 @@ def format_run(run: dict[str, Any]) -> str:
     elif server.get("spec_draft_tokens") == 0:
         lines.append("Spec decode  no draft tokens proposed during this run")
     if "prefix_cache_hit_rate" in server:
-        lines.append(f"Prefix cache hit rate {_pct(server['prefix_cache_hit_rate'])} (server gauge after run)")
+        lines.append(
+            f"Prefix cache hit rate {_pct(server['prefix_cache_hit_rate'])} (server gauge after run)"
+        )
     lines.append(f"{'Latency (ms)':<14}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}{'max':>10}")
     for name, key in LATENCIES:
         st = s.get(key)
@@ -83,15 +89,18 @@ def format_run(run: dict[str, Any]) -> str:
             lines.append(f"  {name:<12}{'-':>10}{'-':>10}{'-':>10}{'-':>10}{'-':>10}")
         else:
             lines.append(
-                f"  {name:<12}" + "".join(f"{_num(st[k]):>10}" for k in ("mean", "p50", "p90", "p99", "max"))
+                f"  {name:<12}"
+                + "".join(f"{_num(st[k]):>10}" for k in ("mean", "p50", "p90", "p99", "max"))
             )
     return "\n".join(lines)
 
 
 def format_sweep(runs: list[dict[str, Any]]) -> str:
     """One row per run: the figures one compares across load levels."""
-    head = (f"{'load':<26}{'ok/fail':>10}{'req/s':>9}{'out tok/s':>11}{'TTFT p50':>10}{'TTFT p99':>10}"
-            f"{'ITL p50':>9}{'ITL p99':>9}{'TPOT p50':>10}{'E2E p50':>10}{'goodput':>9}")
+    head = (
+        f"{'load':<26}{'ok/fail':>10}{'req/s':>9}{'out tok/s':>11}{'TTFT p50':>10}{'TTFT p99':>10}"
+        f"{'ITL p50':>9}{'ITL p99':>9}{'TPOT p50':>10}{'E2E p50':>10}{'goodput':>9}"
+    )
     rows = [head, "-" * len(head)]
     for run in runs:
         s = run["summary"]
@@ -119,7 +128,9 @@ def format_result(result: dict[str, Any]) -> str:
 def write_json(result: BenchResult, path: str | Path, include_text: bool = False) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result.to_dict(include_text), indent=1, allow_nan=False, default=str))
+    path.write_text(
+        json.dumps(result.to_dict(include_text), indent=1, allow_nan=False, default=str)
+    )
 
 
 def load_json(path: str | Path) -> dict[str, Any]:
@@ -166,7 +177,11 @@ def compare(a: dict[str, Any], b: dict[str, Any], name_a: str = "A", name_b: str
     """Side-by-side summaries with B/A ratios and which side is better for each figure."""
     out = [f"A = {name_a}\nB = {name_b}\nratio = B / A"]
     for run_a, run_b in pair_runs(a, b):
-        title = run_a["label"] if run_a["label"] == run_b["label"] else f"{run_a['label']} vs {run_b['label']}"
+        title = (
+            run_a["label"]
+            if run_a["label"] == run_b["label"]
+            else f"{run_a['label']} vs {run_b['label']}"
+        )
         out.append(f"\n=== {title} ===")
         out.append(f"{'metric':<30}{'A':>14}{'B':>14}{'B/A':>9}  better")
         for label, path, higher in COMPARE_METRICS:

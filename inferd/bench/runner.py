@@ -37,16 +37,25 @@ def load_levels(cfg: BenchConfig) -> list[tuple[str, dict]]:
             label = f"rate={'inf' if math.isinf(rate) else f'{rate:g}'}/s"
             if cfg.max_concurrency:
                 label += f" max_conc={cfg.max_concurrency}"
-            load = {"mode": "rate", "request_rate": rate if math.isfinite(rate) else "inf",
-                    "max_concurrency": cfg.max_concurrency}
+            load = {
+                "mode": "rate",
+                "request_rate": rate if math.isfinite(rate) else "inf",
+                "max_concurrency": cfg.max_concurrency,
+            }
             levels.append((label, load))
         return levels
-    return [(f"concurrency={c}", {"mode": "concurrency", "concurrency": c}) for c in cfg.concurrency]
+    return [
+        (f"concurrency={c}", {"mode": "concurrency", "concurrency": c}) for c in cfg.concurrency
+    ]
 
 
 async def arun_benchmark(cfg: BenchConfig, on_run: RunCallback | None = None) -> BenchResult:
     """Async form of `run_benchmark`, for callers that already run an event loop."""
-    if cfg.request_rates and any(math.isinf(r) for r in cfg.request_rates) and cfg.num_requests is None:
+    if (
+        cfg.request_rates
+        and any(math.isinf(r) for r in cfg.request_rates)
+        and cfg.num_requests is None
+    ):
         raise ValueError("request rate 'inf' needs num_requests")
     tokenizer = LazyTokenizer(cfg.tokenizer)
     fit = tokenizer.fit if tokenizer.available else None
@@ -66,9 +75,16 @@ async def arun_benchmark(cfg: BenchConfig, on_run: RunCallback | None = None) ->
             async def send(index: int, scheduled: float | None) -> RequestRecord:
                 body = build_body(src(index), cfg)
                 return await stream_request(
-                    client, cfg.request_url, headers, body,
-                    index=index, t0=t0, timeout=cfg.timeout, scheduled_time=scheduled,
+                    client,
+                    cfg.request_url,
+                    headers,
+                    body,
+                    index=index,
+                    t0=t0,
+                    timeout=cfg.timeout,
+                    scheduled_time=scheduled,
                 )
+
             return send
 
         if cfg.warmup:
@@ -86,18 +102,31 @@ async def arun_benchmark(cfg: BenchConfig, on_run: RunCallback | None = None) ->
             if load["mode"] == "rate":
                 rate = float(load["request_rate"])
                 arrivals = poisson_arrivals(rate, cfg.seed, cfg.num_requests, cfg.duration)
-                records = await run_open_loop(sender(source, t0), arrivals, t0, cfg.max_concurrency, bar.update)
+                records = await run_open_loop(
+                    sender(source, t0), arrivals, t0, cfg.max_concurrency, bar.update
+                )
             else:
                 records = await run_closed_loop(
-                    sender(source, t0), load["concurrency"], t0, cfg.num_requests, cfg.duration, bar.update
+                    sender(source, t0),
+                    load["concurrency"],
+                    t0,
+                    cfg.num_requests,
+                    cfg.duration,
+                    bar.update,
                 )
             duration = time.perf_counter() - t0
             bar.close()
             after = await scrape(client, cfg.resolved_metrics_url)
 
-            fill_token_counts(records, {r.index: source(r.index) for r in records}, cfg.endpoint, tokenizer)
+            fill_token_counts(
+                records, {r.index: source(r.index) for r in records}, cfg.endpoint, tokenizer
+            )
             run = RunResult(
-                label=label, load=load, started_at=started_at, duration=duration, records=records,
+                label=label,
+                load=load,
+                started_at=started_at,
+                duration=duration,
+                records=records,
                 summary=summarize(records, duration, cfg.slo, cfg.price_per_hour),
                 server=run_server_stats(before, after),
             )
@@ -113,4 +142,6 @@ def run_benchmark(cfg: BenchConfig, on_run: RunCallback | None = None) -> BenchR
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(arun_benchmark(cfg, on_run))
-    raise RuntimeError("run_benchmark was called inside an event loop; await arun_benchmark instead")
+    raise RuntimeError(
+        "run_benchmark was called inside an event loop; await arun_benchmark instead"
+    )

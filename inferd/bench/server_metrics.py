@@ -44,7 +44,9 @@ def parse_prometheus(text: str) -> dict[str, float]:
     return totals
 
 
-async def scrape(client: httpx.AsyncClient, url: str, timeout: float = 5.0) -> dict[str, float] | None:
+async def scrape(
+    client: httpx.AsyncClient, url: str, timeout: float = 5.0
+) -> dict[str, float] | None:
     """Metric name -> summed value, or None when the server has no readable /metrics."""
     try:
         resp = await client.get(url, timeout=timeout)
@@ -56,7 +58,9 @@ async def scrape(client: httpx.AsyncClient, url: str, timeout: float = 5.0) -> d
     return values or None
 
 
-def run_server_stats(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float]:
+def run_server_stats(
+    before: dict[str, float] | None, after: dict[str, float] | None
+) -> dict[str, float]:
     """What the server did during one run, from two scrapes; empty when nothing is known."""
     if not after:
         return {}

@@ -38,7 +38,9 @@ class LazyTokenizer:
     def count_prompt(self, spec: RequestSpec, endpoint: str) -> int:
         tok = self.get()
         if endpoint == "chat" and getattr(tok, "chat_template", None):
-            ids = tok.apply_chat_template(spec.as_messages(), tokenize=True, add_generation_prompt=True)
+            ids = tok.apply_chat_template(
+                spec.as_messages(), tokenize=True, add_generation_prompt=True
+            )
             if isinstance(ids, dict) or hasattr(ids, "keys"):  # BatchEncoding in newer transformers
                 ids = ids["input_ids"]
             return len(ids)
@@ -52,7 +54,10 @@ class LazyTokenizer:
 
 
 def fill_token_counts(
-    records: list[RequestRecord], specs: dict[int, RequestSpec], endpoint: str, tokenizer: LazyTokenizer
+    records: list[RequestRecord],
+    specs: dict[int, RequestSpec],
+    endpoint: str,
+    tokenizer: LazyTokenizer,
 ) -> None:
     """Set prompt/output token counts and their sources on every record, in place."""
     for rec in records:
@@ -61,7 +66,10 @@ def fill_token_counts(
         if isinstance(completion, int):
             rec.output_tokens, rec.output_token_source = completion, "usage"
         elif tokenizer.available:
-            rec.output_tokens, rec.output_token_source = tokenizer.count(rec.output_text), "tokenizer"
+            rec.output_tokens, rec.output_token_source = (
+                tokenizer.count(rec.output_text),
+                "tokenizer",
+            )
         else:
             rec.output_tokens, rec.output_token_source = len(rec.token_times), "sse-events"
 
@@ -70,6 +78,9 @@ def fill_token_counts(
         if isinstance(prompt, int):
             rec.prompt_tokens, rec.prompt_token_source = prompt, "usage"
         elif spec is not None and tokenizer.available:
-            rec.prompt_tokens, rec.prompt_token_source = tokenizer.count_prompt(spec, endpoint), "tokenizer"
+            rec.prompt_tokens, rec.prompt_token_source = (
+                tokenizer.count_prompt(spec, endpoint),
+                "tokenizer",
+            )
         elif spec is not None and spec.estimated_prompt_tokens is not None:
             rec.prompt_tokens, rec.prompt_token_source = spec.estimated_prompt_tokens, "estimate"

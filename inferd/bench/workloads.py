@@ -54,11 +54,17 @@ class RequestSource:
         self._rng = random.Random(seed)
         self._fit = fit
         self._specs: list[RequestSpec] = []
-        self._dataset: list[RequestSpec] = load_dataset(cfg.dataset, self.output_len or 128) if cfg.dataset else []
+        self._dataset: list[RequestSpec] = (
+            load_dataset(cfg.dataset, self.output_len or 128) if cfg.dataset else []
+        )
         if self._dataset:
             random.Random(seed).shuffle(self._dataset)
         # Shared prefixes are built once: every request of a group must see identical bytes.
-        self._prefixes = [self._sized_text(cfg.prefix_len) for _ in range(cfg.num_prefixes)] if self.kind == "shared-prefix" else []
+        self._prefixes = (
+            [self._sized_text(cfg.prefix_len) for _ in range(cfg.num_prefixes)]
+            if self.kind == "shared-prefix"
+            else []
+        )
 
     def __call__(self, index: int) -> RequestSpec:
         while len(self._specs) <= index:
@@ -72,21 +78,27 @@ class RequestSource:
         return getattr(self, "_make_" + self.kind.replace("-", "_"))(index)
 
     def _sized_text(self, n_tokens: int) -> str:
-        body = text.prose(self._rng, n_tokens)
-        return self._fit(body, n_tokens) if self._fit else body
+        if self._fit is None:
+            return text.prose(self._rng, n_tokens)
+        # Overshoot, then cut to the exact count with the real tokenizer.
+        return self._fit(text.prose(self._rng, round(n_tokens * 1.3) + 8), n_tokens)
 
     def _out_len(self) -> int:
         return _spread(self._rng, self.output_len, self.cfg.output_spread)
 
     def _make_random(self, index: int) -> RequestSpec:
         n_in = _spread(self._rng, self.input_len, self.cfg.input_spread)
-        return RequestSpec(prompt=self._sized_text(n_in), max_tokens=self._out_len(), estimated_prompt_tokens=n_in)
+        return RequestSpec(
+            prompt=self._sized_text(n_in), max_tokens=self._out_len(), estimated_prompt_tokens=n_in
+        )
 
     def _make_long_context(self, index: int) -> RequestSpec:
         n_in = _spread(self._rng, self.input_len, self.cfg.input_spread)
         doc = self._sized_text(n_in)
         prompt = f"{doc}\n\nSummarize the text above in three sentences."
-        return RequestSpec(prompt=prompt, max_tokens=self._out_len(), estimated_prompt_tokens=n_in + 10)
+        return RequestSpec(
+            prompt=prompt, max_tokens=self._out_len(), estimated_prompt_tokens=n_in + 10
+        )
 
     def _make_chat(self, index: int) -> RequestSpec:
         rng = self._rng
@@ -97,7 +109,8 @@ class RequestSource:
             messages.append({"role": "user", "content": text.chat_follow_up(rng)})
         words = sum(len(m["content"].split()) for m in messages)
         return RequestSpec(
-            messages=tuple(messages), max_tokens=self._out_len(),
+            messages=tuple(messages),
+            max_tokens=self._out_len(),
             estimated_prompt_tokens=round(words * text.TOKENS_PER_WORD) + 5 * len(messages),
         )
 
@@ -119,9 +132,13 @@ class RequestSource:
         passage = text.prose(rng, n_in)
         form = rng.randrange(4)
         if form == 0:
-            prompt = f"Repeat the following text exactly, word for word, and add nothing.\n\n{passage}"
+            prompt = (
+                f"Repeat the following text exactly, word for word, and add nothing.\n\n{passage}"
+            )
         elif form == 1:
-            present = [w for w in passage.replace(".", " ").replace(",", " ").split() if w in text.NOUNS]
+            present = [
+                w for w in passage.replace(".", " ").replace(",", " ").split() if w in text.NOUNS
+            ]
             old = rng.choice(present) if present else rng.choice(text.NOUNS)
             new = rng.choice(text.NOUNS)
             prompt = (
@@ -163,17 +180,30 @@ def load_dataset(path: str | Path, default_max_tokens: int) -> list[RequestSpec]
                 if not isinstance(msgs, list) or not all(
                     isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs
                 ):
-                    raise ValueError(f"{path}:{lineno}: messages must be a list of {{role, content}}")
+                    raise ValueError(
+                        f"{path}:{lineno}: messages must be a list of {{role, content}}"
+                    )
                 words = sum(len(m["content"].split()) for m in msgs)
-                specs.append(RequestSpec(
-                    messages=tuple({"role": str(m.get("role", "user")), "content": m["content"]} for m in msgs),
-                    max_tokens=max_tokens, estimated_prompt_tokens=round(words * text.TOKENS_PER_WORD),
-                ))
+                specs.append(
+                    RequestSpec(
+                        messages=tuple(
+                            {"role": str(m.get("role", "user")), "content": m["content"]}
+                            for m in msgs
+                        ),
+                        max_tokens=max_tokens,
+                        estimated_prompt_tokens=round(words * text.TOKENS_PER_WORD),
+                    )
+                )
             elif isinstance(row.get("prompt"), str):
-                specs.append(RequestSpec(
-                    prompt=row["prompt"], max_tokens=max_tokens,
-                    estimated_prompt_tokens=round(len(row["prompt"].split()) * text.TOKENS_PER_WORD),
-                ))
+                specs.append(
+                    RequestSpec(
+                        prompt=row["prompt"],
+                        max_tokens=max_tokens,
+                        estimated_prompt_tokens=round(
+                            len(row["prompt"].split()) * text.TOKENS_PER_WORD
+                        ),
+                    )
+                )
             else:
                 raise ValueError(f"{path}:{lineno}: need a string 'prompt' or a 'messages' list")
     if not specs:

@@ -32,13 +32,20 @@ def chromium() -> str:
     if path:
         return path
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("headless Chromium not found and cannot install it (needs root and apt-get): "
-                    "apt-get install -y chromium")
+        pytest.skip(
+            "headless Chromium not found and cannot install it (needs root and apt-get): "
+            "apt-get install -y chromium"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
         subprocess.run(["apt-get", "update"], check=True, capture_output=True, timeout=600, env=env)
-        subprocess.run(["apt-get", "install", "-y", "chromium"], check=True, capture_output=True,
-                       timeout=900, env=env)
+        subprocess.run(
+            ["apt-get", "install", "-y", "chromium"],
+            check=True,
+            capture_output=True,
+            timeout=900,
+            env=env,
+        )
     except (subprocess.SubprocessError, OSError) as e:
         pytest.skip(f"installing chromium with apt-get failed: {e}")
     path = _find_chromium()

@@ -61,17 +61,25 @@ def make_app(state: FakeServerState) -> FastAPI:
         prompt = _prompt_text(body)
         n = int(body.get("max_tokens", 16))
         if "FAIL500" in prompt:
-            return JSONResponse({"error": {"message": "internal boom", "type": "server_error"}}, 500)
+            return JSONResponse(
+                {"error": {"message": "internal boom", "type": "server_error"}}, 500
+            )
         if "FAIL429" in prompt:
             return JSONResponse({"error": {"message": "too many requests"}}, 429)
         state.enter()
 
         def chunk(piece: str | None, finish: str | None = None) -> str:
             if chat:
-                choice = {"index": 0, "delta": {"content": piece} if piece else {}, "finish_reason": finish}
+                choice = {
+                    "index": 0,
+                    "delta": {"content": piece} if piece else {},
+                    "finish_reason": finish,
+                }
             else:
                 choice = {"index": 0, "text": piece or "", "finish_reason": finish}
-            return "data: " + json.dumps({"id": "x", "object": "chunk", "choices": [choice]}) + "\n\n"
+            return (
+                "data: " + json.dumps({"id": "x", "object": "chunk", "choices": [choice]}) + "\n\n"
+            )
 
         async def events():
             try:
@@ -79,7 +87,11 @@ def make_app(state: FakeServerState) -> FastAPI:
                     await asyncio.sleep(30)
                 await asyncio.sleep(state.ttft)
                 if chat:  # real servers open with a role-only delta that carries no content
-                    yield "data: " + json.dumps({"choices": [{"index": 0, "delta": {"role": "assistant"}}]}) + "\n\n"
+                    yield (
+                        "data: "
+                        + json.dumps({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+                        + "\n\n"
+                    )
                 for i in range(n):
                     if i:
                         await asyncio.sleep(state.itl)
@@ -90,8 +102,11 @@ def make_app(state: FakeServerState) -> FastAPI:
                         return
                 yield chunk(None, "length")
                 if "NOUSAGE" not in prompt:
-                    usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": n,
-                             "total_tokens": len(prompt.split()) + n}
+                    usage = {
+                        "prompt_tokens": len(prompt.split()),
+                        "completion_tokens": n,
+                        "total_tokens": len(prompt.split()) + n,
+                    }
                     yield "data: " + json.dumps({"choices": [], "usage": usage}) + "\n\n"
                 yield "data: [DONE]\n\n"
                 with state.lock:
@@ -131,7 +146,9 @@ def serve_app(app: Any) -> Iterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off", timeout_graceful_shutdown=1))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="error", lifespan="off", timeout_graceful_shutdown=1)
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -23,7 +23,9 @@ def config(url: str, **kw) -> BenchConfig:
 
 def dataset(tmp_path: Path, prompts: list[str], max_tokens: int = 6) -> WorkloadConfig:
     path = tmp_path / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"prompt": p, "max_tokens": max_tokens}) + "\n" for p in prompts))
+    path.write_text(
+        "".join(json.dumps({"prompt": p, "max_tokens": max_tokens}) + "\n" for p in prompts)
+    )
     return WorkloadConfig(dataset=str(path))
 
 
@@ -51,7 +53,9 @@ def test_records_agree_with_timestamps(fake_server, endpoint: str) -> None:
     assert s["ttft_ms"]["min"] >= state.ttft * 1000
     assert s["output_throughput"] == pytest.approx(36 / run.duration)
     body = state.bodies[0]
-    assert body["stream"] and body["stream_options"] == {"include_usage": True} and body["ignore_eos"]
+    assert (
+        body["stream"] and body["stream_options"] == {"include_usage": True} and body["ignore_eos"]
+    )
     assert ("messages" in body) == (endpoint == "chat")
 
 
@@ -86,21 +90,31 @@ def test_poisson_arrivals_follow_seeded_schedule(fake_server) -> None:
 
 def test_open_loop_max_concurrency_caps_in_flight(fake_server) -> None:
     url, state = fake_server
-    run = run_benchmark(config(url, request_rates=(float("inf"),), max_concurrency=2, num_requests=6)).runs[0]
+    run = run_benchmark(
+        config(url, request_rates=(float("inf"),), max_concurrency=2, num_requests=6)
+    ).runs[0]
     assert run.summary["completed"] == 6
     assert state.max_in_flight <= 2 and run.summary["peak_in_flight"] <= 2
 
 
 def test_failures_are_counted_with_reasons_and_bounded(fake_server, tmp_path: Path) -> None:
     url, _ = fake_server
-    wl = dataset(tmp_path, ["fine one", "FAIL500", "FAIL429", "CLOSE_EARLY", "TRUNCATE", "HANG", "fine two"])
+    wl = dataset(
+        tmp_path, ["fine one", "FAIL500", "FAIL429", "CLOSE_EARLY", "TRUNCATE", "HANG", "fine two"]
+    )
     start = time.monotonic()
-    run = run_benchmark(config(url, workload=wl, concurrency=(7,), num_requests=7, timeout=1.0)).runs[0]
+    run = run_benchmark(
+        config(url, workload=wl, concurrency=(7,), num_requests=7, timeout=1.0)
+    ).runs[0]
     assert time.monotonic() - start < 8  # the hanging request is cut at its timeout
     s = run.summary
     assert s["completed"] == 2 and s["failed"] == 5
     assert s["failure_reasons"] == {
-        "HTTP 500": 1, "HTTP 429": 1, "stream interrupted": 1, "stream ended early": 1, "timeout": 1,
+        "HTTP 500": 1,
+        "HTTP 429": 1,
+        "stream interrupted": 1,
+        "stream ended early": 1,
+        "timeout": 1,
     }
     by_kind = {r.error_kind: r for r in run.records if not r.success}
     assert "internal boom" in by_kind["HTTP 500"].error
@@ -142,8 +156,9 @@ def test_token_count_fallbacks(fake_server, tmp_path: Path) -> None:
     assert run.summary["token_sources"]["output"] == {"sse-events": 2}
 
     tok_dir = tiny_tokenizer(tmp_path / "tok")
-    run = run_benchmark(config(url, workload=wl, num_requests=2, endpoint="completions",
-                               tokenizer=str(tok_dir))).runs[0]
+    run = run_benchmark(
+        config(url, workload=wl, num_requests=2, endpoint="completions", tokenizer=str(tok_dir))
+    ).runs[0]
     for r in run.records:
         assert (r.output_tokens, r.output_token_source) == (5, "tokenizer")
         assert (r.prompt_tokens, r.prompt_token_source) == (3, "tokenizer")

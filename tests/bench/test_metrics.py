@@ -14,9 +14,18 @@ from inferd.bench.records import RequestRecord
 from inferd.bench.server_metrics import parse_prometheus, run_server_stats
 
 
-def rec(index: int, send: float, times: list[float], end: float, ok: bool = True, **kw) -> RequestRecord:
-    r = RequestRecord(index=index, send_time=send, first_token_time=times[0] if times else None,
-                      token_times=times, end_time=end, success=ok, **kw)
+def rec(
+    index: int, send: float, times: list[float], end: float, ok: bool = True, **kw
+) -> RequestRecord:
+    r = RequestRecord(
+        index=index,
+        send_time=send,
+        first_token_time=times[0] if times else None,
+        token_times=times,
+        end_time=end,
+        success=ok,
+        **kw,
+    )
     if ok:
         r.output_tokens, r.prompt_tokens = len(times), 10
         r.output_token_source, r.prompt_token_source = "usage", "usage"
@@ -64,7 +73,9 @@ def test_summary_figures() -> None:
 def test_percentiles_match_numpy() -> None:
     rng = np.random.default_rng(0)
     ttfts = rng.uniform(0.01, 1.0, 200)
-    records = [rec(i, 0.0, [float(t), float(t) + 0.01], float(t) + 0.02) for i, t in enumerate(ttfts)]
+    records = [
+        rec(i, 0.0, [float(t), float(t) + 0.01], float(t) + 0.02) for i, t in enumerate(ttfts)
+    ]
     s = summarize(records, 1.0, SLO())
     for p in (50, 90, 99):
         assert s["ttft_ms"][f"p{p}"] == pytest.approx(np.percentile(ttfts * 1000, p))
@@ -76,7 +87,12 @@ def test_goodput_counts_all_requests() -> None:
     slow_gaps = rec(2, 0.0, [0.05, 0.25, 0.45], 0.45)
     failed = rec(3, 0.0, [], 0.1, ok=False, error_kind="HTTP 429")
     slo = SLO.parse("ttft=100ms,itl=0.05s")
-    assert [meets_slo(r, slo) for r in (fast, slow_first, slow_gaps, failed)] == [True, False, False, False]
+    assert [meets_slo(r, slo) for r in (fast, slow_first, slow_gaps, failed)] == [
+        True,
+        False,
+        False,
+        False,
+    ]
     s = summarize([fast, slow_first, slow_gaps, failed], 2.0, slo)
     assert s["goodput"] == pytest.approx(0.25)
     assert s["goodput_request_throughput"] == pytest.approx(0.5)
@@ -84,7 +100,12 @@ def test_goodput_counts_all_requests() -> None:
 
 
 def test_peak_in_flight() -> None:
-    records = [rec(0, 0.0, [0.1], 1.0), rec(1, 0.5, [0.6], 1.5), rec(2, 1.0, [1.1], 2.0), rec(3, 1.2, [1.3], 1.4)]
+    records = [
+        rec(0, 0.0, [0.1], 1.0),
+        rec(1, 0.5, [0.6], 1.5),
+        rec(2, 1.0, [1.1], 2.0),
+        rec(3, 1.2, [1.3], 1.4),
+    ]
     assert peak_in_flight(records) == 3  # at t=1.0 one ends as another starts: not counted twice
 
 

@@ -12,7 +12,9 @@ from inferd.bench.config import BenchConfig, WorkloadConfig
 from inferd.bench.records import RequestSpec
 from inferd.bench.workloads import RequestSource, load_dataset
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "inferd" / "data" / "workloads" / "example_prompts.jsonl"
+EXAMPLE = (
+    Path(__file__).resolve().parents[2] / "inferd" / "data" / "workloads" / "example_prompts.jsonl"
+)
 
 
 def specs(kind: str, n: int = 20, seed: int = 0, **kw) -> list[RequestSpec]:
@@ -75,7 +77,9 @@ def test_long_context_is_prefill_heavy() -> None:
 def test_repetitive_answers_copy_the_prompt() -> None:
     for s in specs("repetitive", 20, input_len=150):
         instruction, _, passage = s.prompt.partition("\n\n")
-        assert any(w in instruction.lower() for w in ("repeat", "copy", "rewrite", "return the same"))
+        assert any(
+            w in instruction.lower() for w in ("repeat", "copy", "rewrite", "return the same")
+        )
         assert len(passage.split()) > 60
         # the answer is about as long as the passage, so n-gram drafts have room to help
         assert s.max_tokens >= 150
@@ -93,8 +97,11 @@ def test_dataset_file_prompts_and_messages(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("line", "msg"),
-    [("not json", "not valid JSON"), ('{"x": 1}', "need a string 'prompt'"),
-     ('{"messages": "hi"}', "messages must be a list")],
+    [
+        ("not json", "not valid JSON"),
+        ('{"x": 1}', "need a string 'prompt'"),
+        ('{"messages": "hi"}', "messages must be a list"),
+    ],
 )
 def test_dataset_errors_name_the_line(tmp_path: Path, line: str, msg: str) -> None:
     path = tmp_path / "d.jsonl"
@@ -104,16 +111,28 @@ def test_dataset_errors_name_the_line(tmp_path: Path, line: str, msg: str) -> No
 
 
 def test_request_bodies_for_both_endpoints() -> None:
-    spec = RequestSpec(messages=({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}),
-                       max_tokens=9)
+    spec = RequestSpec(
+        messages=({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}),
+        max_tokens=9,
+    )
     chat = build_body(spec, BenchConfig(base_url="http://x/v1", model="m"))
     assert chat["messages"][1] == {"role": "user", "content": "Hi"}
     assert chat["stream"] is True and chat["stream_options"] == {"include_usage": True}
     assert chat["ignore_eos"] is True and chat["max_tokens"] == 9 and chat["model"] == "m"
 
-    comp = build_body(spec, BenchConfig(base_url="http://x/v1", model="m", endpoint="completions",
-                                        ignore_eos=False, extra_body={"top_k": 5}))
-    assert "messages" not in comp and comp["prompt"].endswith("Assistant:") and "Hi" in comp["prompt"]
+    comp = build_body(
+        spec,
+        BenchConfig(
+            base_url="http://x/v1",
+            model="m",
+            endpoint="completions",
+            ignore_eos=False,
+            extra_body={"top_k": 5},
+        ),
+    )
+    assert (
+        "messages" not in comp and comp["prompt"].endswith("Assistant:") and "Hi" in comp["prompt"]
+    )
     assert "ignore_eos" not in comp and comp["top_k"] == 5
 
 
@@ -123,4 +142,9 @@ def test_urls_derive_from_base_url() -> None:
     assert cfg.resolved_metrics_url == "http://h:8000/metrics"
     bare = BenchConfig(base_url="http://h:8000", model="m", endpoint="completions")
     assert bare.request_url == "http://h:8000/v1/completions"
-    assert BenchConfig(base_url="http://h/v1", model="m", metrics_url="http://m/x").resolved_metrics_url == "http://m/x"
+    assert (
+        BenchConfig(
+            base_url="http://h/v1", model="m", metrics_url="http://m/x"
+        ).resolved_metrics_url
+        == "http://m/x"
+    )
