@@ -149,7 +149,10 @@ class LLMEngine:
             timing = entry.seq.request.timing
             if timing.first_scheduled is None:
                 timing.first_scheduled = now
+        t0 = time.perf_counter()
         result = self.runner.execute(sched, spec)
+        if self.speculator:  # adaptive speculation learns step cost vs batch size from real steps
+            self.speculator.observe_step(sched, time.perf_counter() - t0)
         touched: set[Sequence] = set()
         prompt_tokens = 0
         for entry in sched.scheduled:

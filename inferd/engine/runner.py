@@ -20,9 +20,10 @@ from inferd.kernels.attention import AttentionMetadata
 from inferd.model.loader import LoadedModel
 
 GIB = 1 << 30
-# CPU fp32 GEMM takes a different kernel for 1-3 rows than for 4+, and the two round
-# differently; padding every GEMM to 4 rows keeps greedy output independent of batch size.
-MIN_ROWS_FP32_CPU = 4
+# CPU GEMMs take a different kernel for very few rows (gemv for 1 row; fp32 also for 2-3)
+# than for more, and the kernels round differently. Padding every GEMM to 4 rows keeps each
+# row's result, hence greedy output, independent of batch size (tests pin it, fp32 and bf16).
+MIN_ROWS_CPU = 4
 
 
 @dataclass
@@ -66,8 +67,7 @@ class ModelRunner:
         self.kv_caches = [(torch.zeros(shape, dtype=kv_dtype, device=self.device),
                            torch.zeros(shape, dtype=kv_dtype, device=self.device))
                           for _ in range(a.num_layers)]
-        self.min_rows = (MIN_ROWS_FP32_CPU
-                         if self.device.type == "cpu" and loaded.dtype == torch.float32 else 1)
+        self.min_rows = MIN_ROWS_CPU if self.device.type == "cpu" else 1
         self.eos_ids = loaded.tokenizer.eos_token_ids
 
     def _pad(self, n: int) -> int:
@@ -97,7 +97,9 @@ class ModelRunner:
             if entry.num_spec:
                 toks = toks + spec_tokens[seq.seq_id][:entry.num_spec]
             n = len(toks)
-            if n == 1:
+            if n == 1 and num_decodes == len(seq_lens):
+                # Only a leading run of one-token queries may take the batched decode path; a
+                # one-token prefill chunk after a longer one must stay in the per-sequence path.
                 num_decodes += 1
             row0 = len(input_ids)
             input_ids.extend(toks)
@@ -145,9 +147,20 @@ class ModelRunner:
         if not sample_rows:
             return StepResult([], SampleResult([], [], []), spec_logits,
                               self._prompt_logprobs(hidden, prompt_lp_rows))
-        logits = self._logits(hidden, sample_rows)
+        # One lm_head GEMM for the sampled rows and every verification row (a GEMM per
+        # sequence would read the whole vocabulary matrix once per sequence).
+        rows = list(sample_rows)
+        first_spec = {}
         for seq_id, (row, count) in spec_rows.items():
-            spec_logits[seq_id] = self._logits(hidden, list(range(row, row + count)))
+            first_spec[seq_id] = len(rows)
+            rows.extend(range(row + 1, row + count))
+        all_logits = self._logits(hidden, rows)
+        logits = all_logits[:len(sample_rows)]
+        index = {r: i for i, r in enumerate(sample_rows)}
+        for seq_id, (row, count) in spec_rows.items():
+            s = first_spec[seq_id]
+            spec_logits[seq_id] = torch.cat([logits[index[row]:index[row] + 1],
+                                             all_logits[s:s + count - 1]])
         prompt_lps = self._prompt_logprobs(hidden, prompt_lp_rows)
         result = sample(logits, sample_seqs, self.eos_ids)
         return StepResult(sample_seqs, result, spec_logits, prompt_lps)

@@ -109,6 +109,9 @@ class Scheduler:
                     room = min(budget - 1, self.max_model_len - seq.num_tokens)
                     proposals = spec_tokens.get(seq.seq_id, [])[:max(0, room)]
                 num = min(remaining + len(proposals), budget)
+                if proposals and not self.pool.allocate(seq, num):
+                    # Proposals are optional: never preempt another sequence to make room for them.
+                    proposals, num = [], min(remaining, budget)
                 if self._allocate_or_preempt(seq, num, out, decodes + prefills):
                     entry = ScheduledSeq(seq, num, len(proposals))
                     (decodes if want_decode else prefills).append(entry)
