@@ -25,10 +25,19 @@ def bundled_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tokenizer_dir(tmp_path_factory, bundled_gguf) -> Path:
-    """The bundled model's tokenizer and chat template, as HF tokenizer files."""
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """The bundled model's tokenizer and chat template, as HF tokenizer files.
+
+    INFERD_TEST_TOKENIZER_DIR points at a saved copy where the bundled model is not installed
+    (the lent GPU machine, which cannot receive the 98 MB GGUF).
+    """
     from transformers import AutoTokenizer
 
+    from inferd.model.registry import resolve_model_path
+
+    if os.environ.get("INFERD_TEST_TOKENIZER_DIR"):
+        return Path(os.environ["INFERD_TEST_TOKENIZER_DIR"])
+    bundled_gguf = resolve_model_path("smollm2-135m")
     out = tmp_path_factory.mktemp("tokenizer")
     tok = AutoTokenizer.from_pretrained(str(bundled_gguf.parent), gguf_file=bundled_gguf.name)
     tok.save_pretrained(str(out))

@@ -14,6 +14,7 @@ import torch
 
 from inferd.model.arch import SUPPORTED_ARCHITECTURES, ArchConfig
 from inferd.model.errors import ModelLoadError
+from inferd.model.gguf_reader import GGUFFile
 
 _LAYER_NAMES = {
     "attn_norm.weight": "input_layernorm.weight",
@@ -45,22 +46,16 @@ def hf_name(gguf_name: str) -> str | None:
     return None
 
 
-def open_gguf(path: Path):
-    """Parse the header; any failure (truncated, not GGUF, corrupt) becomes a ModelLoadError."""
-    from gguf import GGUFReader
-
+def open_gguf(path: Path) -> GGUFFile:
+    """Parse the header; any damage (truncated, not GGUF, corrupt) becomes a ModelLoadError."""
     try:
-        return GGUFReader(str(path))
-    except Exception as exc:  # the gguf package raises many kinds for a damaged file
-        raise ModelLoadError(str(path), f"not a valid GGUF file ({type(exc).__name__}: {exc})") from None
+        return GGUFFile(path)
+    except ValueError as exc:
+        raise ModelLoadError(str(path), f"not a valid GGUF file: {exc}") from None
 
 
-def field_value(reader, key: str, default: Any = None) -> Any:
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    value = f.contents()
-    return value
+def field_value(reader: GGUFFile, key: str, default: Any = None) -> Any:
+    return reader.get(key, default)
 
 
 def arch_from_gguf(reader, path: Path) -> ArchConfig:
@@ -76,8 +71,8 @@ def arch_from_gguf(reader, path: Path) -> ArchConfig:
 
     heads = int(need("attention.head_count"))
     hidden = int(need("embedding_length"))
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    vocab = field_value(reader, f"{arch}.vocab_size") or (len(tokens.data) if tokens else None)
+    tokens = reader.get("tokenizer.ggml.tokens")
+    vocab = field_value(reader, f"{arch}.vocab_size") or (len(tokens) if tokens is not None else None)
     has_output = any(t.name == "output.weight" for t in reader.tensors)
     rope_scaling = None
     scaling_type = field_value(reader, f"{arch}.rope.scaling.type")
@@ -117,7 +112,7 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, dim, 2, *w.shape[1:]).swapaxes(2, 1).reshape(w.shape)
 
 
-def load_gguf_tensors(reader, cfg: ArchConfig, path: Path) -> dict[str, torch.Tensor]:
+def load_gguf_tensors(reader: GGUFFile, cfg: ArchConfig, path: Path) -> dict[str, torch.Tensor]:
     """Every tensor dequantized to float32, HF-named and in HF layout."""
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
@@ -127,19 +122,17 @@ def load_gguf_tensors(reader, cfg: ArchConfig, path: Path) -> dict[str, torch.Te
         name = hf_name(t.name)
         if name is None:
             continue
+        qtype = GGMLQuantizationType(t.ggml_type)
         try:
-            if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
-                arr = np.asarray(t.data, dtype=np.float32)
+            if qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+                arr = t.data.astype(np.float32)
             else:
-                arr = dequantize(t.data, t.tensor_type)
+                arr = dequantize(t.data, qtype)
         except NotImplementedError:
-            raise ModelLoadError(str(path), f"tensor {t.name}: unsupported GGUF type {t.tensor_type.name}") from None
+            raise ModelLoadError(str(path), f"tensor {t.name}: unsupported GGUF type {qtype.name}") from None
         except Exception as exc:
-            raise ModelLoadError(str(path), f"tensor {t.name} is corrupt or truncated ({exc})") from None
-        expected = tuple(int(d) for d in reversed(t.shape))
-        if arr.size != int(np.prod(expected)):
-            raise ModelLoadError(str(path), f"tensor {t.name} has {arr.size} values, expected shape {expected}")
-        arr = arr.reshape(expected)
+            raise ModelLoadError(str(path), f"tensor {t.name} is corrupt ({exc})") from None
+        arr = arr.reshape(t.shape)
         if cfg.architecture in ("llama", "mistral"):
             if t.name.endswith("attn_q.weight"):
                 arr = _unpermute(arr, cfg.num_heads)
@@ -149,11 +142,40 @@ def load_gguf_tensors(reader, cfg: ArchConfig, path: Path) -> dict[str, torch.Te
     return out
 
 
-def load_gguf_tokenizer(path: Path):
-    """A HF fast tokenizer rebuilt from the file's vocabulary, merges and chat template."""
-    from transformers import AutoTokenizer
+def load_gguf_tokenizer(reader: GGUFFile, path: Path):
+    """A HF fast tokenizer rebuilt from the file's vocabulary, merges and chat template.
+
+    Uses transformers' GGUF tokenizer builders directly on the metadata we already parsed
+    (AutoTokenizer would re-read the whole file twice, which takes seconds).
+    """
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+        GGUF_TOKENIZER_MAPPING,
+        convert_gguf_tokenizer,
+    )
+
+    def section(group: str) -> dict[str, Any]:
+        out = {}
+        for key, name in GGUF_TOKENIZER_MAPPING[group].items():
+            value = reader.get(f"tokenizer.{key}")
+            if value is not None:
+                out[name] = value.tolist() if isinstance(value, np.ndarray) else value
+        return out
 
     try:
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        tokenizer_dict, config = section("tokenizer"), section("tokenizer_config")
+        if "tokens" not in tokenizer_dict:
+            raise ValueError("no tokenizer.ggml.tokens in metadata")
+        tokens = tokenizer_dict["tokens"]
+        for special, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
+                             ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
+            token_id = reader.get(f"tokenizer.ggml.{key}")
+            if token_id is not None and 0 <= int(token_id) < len(tokens):
+                config[special] = tokens[int(token_id)]
+        if tokenizer_dict.get("tokenizer_type") == "llama":
+            config.setdefault("add_bos_token", True)
+        backend, extra = convert_gguf_tokenizer(reader.get("general.architecture"), tokenizer_dict)
+        config.update(extra)
+        return PreTrainedTokenizerFast(tokenizer_object=backend, **config)
     except Exception as exc:
         raise ModelLoadError(str(path), f"cannot build tokenizer from GGUF metadata ({exc})") from None

