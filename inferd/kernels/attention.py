@@ -88,24 +88,58 @@ def _gqa_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.T
     return torch.matmul(probs, v)
 
 
+# Decode contexts are padded to a multiple of this many positions, per sequence, so that the
+# padded length (and hence every reduction's shape) depends only on the sequence itself and
+# never on its batch companions: that is what keeps greedy decoding batch-invariant.
+DECODE_BUCKET = 64
+
+
 def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                       meta: AttentionMetadata, scale: float) -> torch.Tensor:
-    """All single-token queries at once: gather each context (padded to the longest) and mask."""
+    """All single-token queries, grouped by padded context length; one batched call per group."""
     nd = q.shape[0]
-    kv_heads, head_dim = k_cache.shape[-2:]
-    heads = q.shape[1]
-    lens = meta.seq_lens_t[:nd]
-    max_len = int(max(meta.seq_lens[:nd]))
-    slots = _context_slots(meta.block_tables[:nd], max_len, meta.block_size)  # [nd, L]
-    k = k_cache.view(-1, kv_heads, head_dim)[slots].transpose(1, 2)  # [nd, Hk, L, D]
-    v = v_cache.view(-1, kv_heads, head_dim)[slots].transpose(1, 2)
-    pos = torch.arange(max_len, device=q.device)
-    hide = pos[None, :] >= lens[:, None]  # [nd, L]
+    out = torch.empty_like(q)
+    buckets: dict[int, list[int]] = {}
+    for i, n in enumerate(meta.seq_lens[:nd]):
+        buckets.setdefault(-(-n // DECODE_BUCKET) * DECODE_BUCKET, []).append(i)
+    for padded, rows in buckets.items():
+        idx = torch.tensor(rows, device=q.device) if len(rows) < nd else None
+        sub_q = q if idx is None else q[idx]
+        tables = meta.block_tables[:nd] if idx is None else meta.block_tables[idx]
+        lens = meta.seq_lens_t[:nd] if idx is None else meta.seq_lens_t[idx]
+        res = _decode_group(sub_q, k_cache, v_cache, tables, lens, padded, meta, scale)
+        if idx is None:
+            out = res
+        else:
+            out[idx] = res
+    return out
+
+
+def _decode_group(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tables: torch.Tensor,
+                  lens: torch.Tensor, padded: int, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    n, heads, head_dim = q.shape
+    kv_heads = k_cache.shape[-2]
+    width = tables.shape[1] * meta.block_size
+    if width < padded:  # tables are only as wide as the longest sequence needs
+        tables = torch.nn.functional.pad(tables, (0, -(-(padded - width) // meta.block_size)))
+    slots = _context_slots(tables, padded, meta.block_size).reshape(-1)
+    k = torch.index_select(k_cache.view(-1, kv_heads, head_dim), 0, slots)
+    v = torch.index_select(v_cache.view(-1, kv_heads, head_dim), 0, slots)
+    k = k.view(n, padded, kv_heads, head_dim).transpose(1, 2)  # [n, Hk, L, D]
+    v = v.view(n, padded, kv_heads, head_dim).transpose(1, 2)
+    pos = torch.arange(padded, device=q.device)
+    hide = pos[None, :] >= lens[:, None]
     if meta.sliding_window is not None:
         hide |= pos[None, :] < (lens[:, None] - meta.sliding_window)
-    qg = q.view(nd, kv_heads, heads // kv_heads, head_dim).to(k.dtype)
-    out = _gqa_attend(qg, k, v, hide[:, None, None, :], scale)
-    return out.reshape(nd, heads, head_dim).to(q.dtype)
+    qg = q.view(n, kv_heads, heads // kv_heads, head_dim).to(k.dtype)
+    if q.dtype == torch.float32:
+        # fp32 SDPA on CPU reduces differently depending on the batch count; explicit matmuls
+        # (batch entries independent) keep results batch-invariant.
+        o = _gqa_attend(qg, k, v, hide[:, None, None, :], scale)
+    else:
+        o = torch.nn.functional.scaled_dot_product_attention(qg, k, v, attn_mask=~hide[:, None, None, :],
+                                                             scale=scale)
+    return o.reshape(n, heads, head_dim).to(q.dtype)
 
 
 def _prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

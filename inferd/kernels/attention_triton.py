@@ -23,7 +23,7 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, lens_ptr, sca
     seq = tl.program_id(0)
     head = tl.program_id(1)
     kv_head = head // GROUP
-    seq_len = tl.load(lens_ptr + seq)
+    seq_len = tl.load(lens_ptr + seq).to(tl.int32)
     offs_d = tl.arange(0, HEAD_DIM)
     offs_s = tl.arange(0, BLOCK)
     q = tl.load(q_ptr + seq * stride_qt + head * stride_qh + offs_d).to(tl.float32)

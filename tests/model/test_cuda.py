@@ -36,13 +36,19 @@ def test_cuda_fp32_matches_transformers(tiny_llama):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_cuda_half_precision_close_to_fp32(tiny_llama, dtype):
+    """Half precision stays within its rounding of the fp32 reference; the top token agrees
+    wherever fp32's top-2 margin exceeds that error (near-ties may legitimately flip)."""
     ref = load_model(ModelConfig(model=str(tiny_llama), dtype="float32", device="cpu"))
     half = load_model(ModelConfig(model=str(tiny_llama), dtype=dtype, device="cuda"))
     ids = ref.tokenizer.encode(PROMPT)
     a = forward_logits(ref.model, ids)
     b = forward_logits(half.model, ids).cpu()
-    assert (a - b).abs().max().item() < 0.25
-    assert (a.argmax(-1) == b.argmax(-1)).float().mean().item() > 0.9
+    err = (a - b).abs().max().item()
+    assert err < 0.25
+    top2 = a.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * err
+    assert clear.any()
+    assert torch.equal(a.argmax(-1)[clear], b.argmax(-1)[clear])
 
 
 def test_cuda_engine_batch_with_preemption(tiny_llama):

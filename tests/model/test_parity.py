@@ -32,7 +32,7 @@ def hf_logits(ref, ids: list[int]) -> torch.Tensor:
 
 
 def check_parity(path, bound: float, greedy_tokens: int = 64) -> float:
-    loaded = load_model(ModelConfig(model=str(path), dtype="float32"))
+    loaded = load_model(ModelConfig(model=str(path), dtype="float32", device="cpu"))
     ref = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     worst = 0.0
     for prompt in PROMPTS:
@@ -40,7 +40,7 @@ def check_parity(path, bound: float, greedy_tokens: int = 64) -> float:
         diff = (forward_logits(loaded.model, ids) - hf_logits(ref, ids)).abs().max().item()
         worst = max(worst, diff)
     assert worst < bound, f"max |logit diff| {worst} exceeds {bound}"
-    llm = LLM(str(path), dtype="float32", kv_cache_memory=0.05)
+    llm = LLM(str(path), dtype="float32", device="cpu", kv_cache_memory=0.05)
     for prompt in PROMPTS[:3]:
         ids = llm.tokenizer.encode(prompt)
         ours = llm.generate([ids], SamplingParams(temperature=0, max_tokens=greedy_tokens,

@@ -1,0 +1,73 @@
+"""build_app: the FastAPI application over one or more AsyncEngines.
+
+It wires the pieces and owns nothing else: OpenAI routes, tokenizer routes, /health, /version,
+/metrics (an own registry per app), the dashboard when present, error handlers, the API-key
+check and the drain gate. Engines are created and shut down by the caller (the CLI or a test).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from inferd import __version__
+from inferd.engine.async_engine import AsyncEngine
+from inferd.serve import openai, tokenizer_routes
+from inferd.serve.auth import APIKeyMiddleware
+from inferd.serve.errors import install_error_handlers
+from inferd.serve.metrics import ServerMetrics
+from inferd.serve.registry import ServedModels
+from inferd.serve.shutdown import DrainMiddleware, DrainState
+
+log = logging.getLogger(__name__)
+
+
+def build_app(engines: dict[str, AsyncEngine], *, api_key: str | None = None,
+              metrics_compat: str | None = None, drain: DrainState | None = None) -> FastAPI:
+    """engines maps every served model name (aliases included) to its engine."""
+    models = ServedModels(engines)
+    metrics = ServerMetrics(metrics_compat)
+    for name, engine in models.engines().items():
+        metrics.attach(name, engine)
+    drain = drain or DrainState()
+
+    app = FastAPI(title="inferd", version=__version__,
+                  description="OpenAI-compatible API over the inferd engine")
+    app.state.models = models
+    app.state.metrics = metrics
+    app.state.drain = drain
+    install_error_handlers(app)
+    app.include_router(openai.router)
+    app.include_router(tokenizer_routes.router)
+
+    @app.get("/health")
+    async def health() -> Response:
+        if drain.draining:
+            return JSONResponse({"status": "shutting down"}, status_code=503)
+        if not models.all_alive():
+            return JSONResponse({"status": "engine stopped"}, status_code=503)
+        return JSONResponse({"status": "ok", "models": models.names})
+
+    @app.get("/version")
+    async def version() -> dict:
+        return {"version": __version__}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus(request: Request) -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    try:  # the dashboard is optional: another module, another engineer
+        from inferd.serve.dashboard import router as dashboard_router
+    except ImportError:
+        log.debug("no dashboard module; /dashboard not served")
+    else:
+        app.include_router(dashboard_router)
+
+    # Added last = outermost: the drain gate sees every request, then the key is checked.
+    if api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    app.add_middleware(DrainMiddleware, state=drain)
+    return app

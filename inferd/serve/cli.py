@@ -1,0 +1,93 @@
+"""`inferd serve`: load the models, build the app, run uvicorn until SIGTERM, drain, exit 0.
+
+This is the one place that reads the environment (INFERD_API_KEY); everything below receives
+plain arguments. Exit codes: 0 after a clean shutdown, 1 when the server could not start,
+2 for bad flags, config or models (from inferd.cli).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from inferd.engine_args import add_engine_args, engine_config_from_args
+
+log = logging.getLogger("inferd.serve")
+LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
+
+
+def _add_server_args(p: argparse.ArgumentParser) -> None:
+    add_engine_args(p, model_nargs="append")
+    s = p.add_argument_group("server")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--served-model-name", nargs="+", action="append", default=None, metavar="NAME",
+                   help="name(s) clients use for a model; give it once per --model, in order "
+                        "(several names = aliases). Default: the --model value")
+    s.add_argument("--config", default=None, metavar="FILE",
+                   help="YAML or TOML file with settings and a `models` list (flags override it)")
+    s.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1 routes (default: $INFERD_API_KEY)")
+    s.add_argument("--metrics-compat", default=None, choices=["vllm"],
+                   help="also publish /metrics series under vLLM's names")
+    s.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="on SIGTERM, how long in-flight requests may take to finish")
+    s.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    s.add_argument("--disable-access-log", action="store_true", help="do not log each HTTP request")
+
+
+def add_serve_parser(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server",
+                              description="Serve one or more models behind an OpenAI-compatible API.")
+    _add_server_args(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def _defaults() -> dict:
+    p = argparse.ArgumentParser(add_help=False)
+    _add_server_args(p)
+    return vars(p.parse_args([]))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from inferd.engine.async_engine import AsyncEngine
+    from inferd.serve.app import build_app
+    from inferd.serve.config_file import check_unique, model_specs
+    from inferd.serve.shutdown import DrainState, GracefulServer
+
+    specs = model_specs(args, _defaults())  # also applies --config onto args
+    check_unique(specs)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    api_key = args.api_key or os.environ.get("INFERD_API_KEY") or None
+
+    engines: list[AsyncEngine] = []
+    try:
+        served: dict[str, AsyncEngine] = {}
+        for spec in specs:
+            log.info("loading %s", spec.model)
+            engine = AsyncEngine(engine_config_from_args(spec.engine_args(args), model=spec.model))
+            engines.append(engine)
+            for name in spec.names:
+                served[name] = engine
+        drain = DrainState()
+        app = build_app(served, api_key=api_key, metrics_compat=args.metrics_compat, drain=drain)
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                access_log=not args.disable_access_log, timeout_graceful_shutdown=2,
+                                lifespan="off")
+
+        def stop_engines_accepting() -> None:
+            for e in engines:
+                e.stop_accepting()
+
+        server = GracefulServer(config, drain, args.shutdown_timeout, on_drain=stop_engines_accepting)
+        print(f"inferd: serving {', '.join(served)} at http://{args.host}:{args.port}/v1"
+              f"{' (API key required)' if api_key else ''}", file=sys.stderr, flush=True)
+        server.run()
+        return 0 if server.started else 1
+    finally:
+        for e in engines:
+            e.shutdown()

@@ -1,0 +1,199 @@
+"""Requests -> engine inputs: chat messages to prompt ids, request fields to SamplingParams.
+
+Every check a request can fail happens here, before anything is queued, and fails with the
+parameter named: unsupported features, out-of-range values (SamplingParams validates those),
+prompts that do not fit the context window or the KV cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inferd.engine.async_engine import AsyncEngine
+from inferd.engine.engine import PromptTooLong
+from inferd.sampling_params import InvalidParameter, SamplingParams
+from inferd.serve.errors import bad_request
+from inferd.serve.protocol import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    SamplingRequest,
+)
+
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+TEXT_PARTS = {"text", "input_text"}
+MAX_TOP_LOGPROBS = 20
+SEED_RANGE = (-(2**63), 2**63 - 129)  # torch generators take 64 bits; the engine seeds sample i with seed + i
+
+
+# ---- prompts --------------------------------------------------------------------------------
+def message_dicts(messages: list[ChatMessage], param: str = "messages") -> list[dict[str, str]]:
+    """OpenAI messages -> the plain {role, content} dicts chat templates expect."""
+    if not messages:
+        raise bad_request(f"'{param}' must contain at least one message", param=param)
+    out = []
+    for i, m in enumerate(messages):
+        role = ROLES.get(m.role)
+        if role is None:
+            raise bad_request(f"{param}[{i}].role {m.role!r} is not supported; use one of "
+                              f"{sorted(ROLES)}", param=param)
+        if m.content is None or isinstance(m.content, str):
+            text = m.content or ""
+        else:
+            texts = []
+            for part in m.content:
+                if part.type not in TEXT_PARTS or part.text is None:
+                    raise bad_request(f"{param}[{i}].content: content parts of type {part.type!r} are "
+                                      "not supported (text only)", param=param)
+                texts.append(part.text)
+            text = "\n".join(texts)
+        out.append({"role": role, "content": text})
+    return out
+
+
+def chat_prompt_ids(engine: AsyncEngine, messages: list[ChatMessage],
+                    add_generation_prompt: bool = True, param: str = "messages") -> list[int]:
+    dicts = message_dicts(messages, param)
+    try:
+        return engine.tokenizer.encode_chat(dicts, add_generation_prompt=add_generation_prompt)
+    except Exception as exc:  # a template may refuse a conversation (e.g. roles must alternate)
+        raise bad_request(f"could not apply the chat template: {exc}", param=param) from None
+
+
+def completion_prompts(engine: AsyncEngine, prompt: Any) -> list[tuple[str | None, list[int]]]:
+    """OpenAI's four prompt forms -> [(text or None, token ids)]."""
+    if isinstance(prompt, str):
+        prompts: list = [prompt]
+    elif prompt and all(isinstance(p, int) for p in prompt):
+        prompts = [prompt]
+    else:
+        prompts = list(prompt)
+    if not prompts:
+        raise bad_request("'prompt' must not be empty", param="prompt")
+    out = []
+    for p in prompts:
+        if isinstance(p, str):
+            out.append((p, engine.tokenizer.encode(p)))
+        else:
+            out.append((None, [int(t) for t in p]))
+    return out
+
+
+# ---- sampling parameters ---------------------------------------------------------------------
+def _logit_bias(raw: dict[str, float] | None, vocab: int) -> dict[int, float] | None:
+    if not raw:
+        return None
+    bias = {}
+    for key, value in raw.items():
+        try:
+            tok = int(key)
+        except ValueError:
+            raise InvalidParameter("logit_bias", f"logit_bias keys must be token ids, got {key!r}") from None
+        if not 0 <= tok < vocab:
+            raise InvalidParameter("logit_bias", f"logit_bias token id {tok} is outside [0, {vocab})")
+        bias[tok] = float(value)
+    return bias
+
+
+def model_vocab(engine: AsyncEngine) -> int:
+    """Rows of the model's logits (token ids at or beyond it cannot be sampled or masked)."""
+    return engine.engine.loaded.arch.vocab_size
+
+
+def _common(req: SamplingRequest, vocab: int) -> dict[str, Any]:
+    """Shared fields; ranges the engine would only discover mid-batch are checked here."""
+    if req.stream_options is not None and not req.stream:
+        raise bad_request("'stream_options' is only allowed when 'stream' is true", param="stream_options")
+    if req.seed is not None and not SEED_RANGE[0] <= req.seed <= SEED_RANGE[1]:
+        raise InvalidParameter("seed", f"seed must be a signed 64-bit integer, got {req.seed}")
+    bad_ids = [t for t in req.stop_token_ids or [] if not 0 <= t < vocab]
+    if bad_ids:
+        raise InvalidParameter("stop_token_ids", f"stop_token_ids outside [0, {vocab}): {bad_ids[:5]}")
+    top_k = req.top_k or 0
+    return dict(
+        n=1 if req.n is None else req.n,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=0 if top_k >= vocab else top_k,  # k beyond the vocabulary keeps every token anyway
+        min_p=req.min_p or 0.0,
+        seed=req.seed,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+        min_tokens=req.min_tokens or 0,
+        stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []),
+        stop_token_ids=list(req.stop_token_ids or []),
+        ignore_eos=bool(req.ignore_eos),
+        include_stop_str_in_output=bool(req.include_stop_str_in_output),
+        skip_special_tokens=req.skip_special_tokens is not False,
+        logit_bias=_logit_bias(req.logit_bias, vocab),
+    )
+
+
+def _finalize(engine: AsyncEngine, ids: list[int], fields: dict[str, Any],
+              max_tokens: int | None, max_tokens_param: str) -> SamplingParams:
+    """Pick max_tokens (the rest of the window when unset), build and check against the limits."""
+    window = engine.max_model_len
+    stats = engine.stats()
+    kv_tokens = (stats.num_blocks - 1) * engine.config.cache.block_size
+    if not ids:
+        raise InvalidParameter("prompt", "prompt is empty")
+    if max_tokens is None:
+        room = min(window, kv_tokens) - len(ids)
+        if room < 1:
+            raise PromptTooLong("prompt", f"this model's maximum context length is {min(window, kv_tokens)} "
+                                f"tokens; the prompt has {len(ids)} tokens, leaving no room to generate")
+        max_tokens = room
+    elif max_tokens < 1:
+        raise InvalidParameter(max_tokens_param, f"{max_tokens_param} must be at least 1, got {max_tokens}")
+    params = SamplingParams(max_tokens=max_tokens, **fields)
+    engine.prepare(ids, params)  # token ids in range, prompt + max_tokens within the context window
+    if len(ids) + max_tokens > kv_tokens:
+        # A sequence larger than the whole KV pool could never run; refuse it rather than let it
+        # stall the engine.
+        raise PromptTooLong(max_tokens_param, f"the request needs {len(ids) + max_tokens} tokens of KV "
+                            f"cache ({len(ids)} prompt + {max_tokens} completion) but this server's KV "
+                            f"cache holds {kv_tokens}; lower {max_tokens_param} or raise --kv-cache-memory")
+    return params
+
+
+def chat_params(req: ChatCompletionRequest, engine: AsyncEngine, ids: list[int]) -> SamplingParams:
+    if req.response_format and req.response_format.get("type", "text") != "text":
+        raise bad_request(f"response_format type {req.response_format.get('type')!r} is not supported "
+                          "(only 'text')", param="response_format")
+    if req.tools and req.tool_choice != "none":
+        raise bad_request("tool calling is not supported by this server", param="tools")
+    fields = _common(req, model_vocab(engine))
+    if req.top_logprobs is not None:
+        if not req.logprobs:
+            raise bad_request("'top_logprobs' requires 'logprobs' to be true", param="top_logprobs")
+        if not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise bad_request(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {req.top_logprobs}",
+                              param="top_logprobs")
+    if req.logprobs:
+        fields["logprobs"] = req.top_logprobs or 0
+    if req.max_completion_tokens is not None:
+        return _finalize(engine, ids, fields, req.max_completion_tokens, "max_completion_tokens")
+    return _finalize(engine, ids, fields, req.max_tokens, "max_tokens")
+
+
+def completion_params(req: CompletionRequest, engine: AsyncEngine, ids: list[int]) -> SamplingParams:
+    """For `max_tokens: 0` with echo one token is generated and dropped by the caller (as vLLM)."""
+    if req.suffix:
+        raise bad_request("'suffix' is not supported by this server", param="suffix")
+    n = 1 if req.n is None else req.n
+    if req.best_of is not None and req.best_of != n:
+        raise bad_request("'best_of' other than n is not supported", param="best_of")
+    fields = _common(req, model_vocab(engine))
+    if req.logprobs is not None:
+        fields["logprobs"] = req.logprobs
+    if req.prompt_logprobs is not None:
+        fields["prompt_logprobs"] = req.prompt_logprobs
+    elif req.echo and req.logprobs is not None:
+        fields["prompt_logprobs"] = req.logprobs
+    max_tokens = req.max_tokens
+    if max_tokens == 0:
+        if not req.echo:
+            raise InvalidParameter("max_tokens", "max_tokens must be at least 1 (0 is allowed only with echo)")
+        max_tokens = 1
+    return _finalize(engine, ids, fields, max_tokens, "max_tokens")

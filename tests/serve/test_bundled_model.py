@@ -1,0 +1,37 @@
+"""The real bundled model (SmolLM2-135M-Instruct, the default) behind `inferd serve` with no
+--model flag: its chat template and a sensible greedy answer through the official client."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from .helpers import start_server
+
+pytestmark = pytest.mark.slow
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def bundled_server(bundled_gguf, tmp_path_factory):
+    server = start_server(["--kv-cache-memory", "0.1", "--max-model-len", "2048"],
+                          tmp_path_factory.mktemp("bundled") / "server.log")
+    yield server
+    server.stop()
+
+
+def test_default_model_answers_through_its_chat_template(bundled_server):
+    client = openai.OpenAI(base_url=bundled_server.v1, api_key="unused", max_retries=0, timeout=120)
+    assert [m.id for m in client.models.list().data] == ["smollm2-135m"]
+    r = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=12, temperature=0)
+    answer = r.choices[0].message.content
+    assert "Paris" in answer
+    assert r.choices[0].finish_reason == "stop"  # the model ended its turn with <|im_end|>
+    tokens = httpx.post(bundled_server.url + "/tokenize", json={"messages": QUESTION}).json()
+    assert r.usage.prompt_tokens == tokens["count"] and tokens["max_model_len"] == 2048
+    # the same answer streamed, token by token
+    stream = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=12,
+                                            temperature=0, stream=True)
+    deltas = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    assert "".join(deltas) == answer and len(deltas) >= 5
