@@ -84,8 +84,8 @@ class SamplingParams:
             bad("logprobs", f"must be in [0, 20], got {self.logprobs}")
         if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= 20:
             bad("prompt_logprobs", f"must be in [0, 20], got {self.prompt_logprobs}")
-        if self.seed is not None and not isinstance(self.seed, int):
-            bad("seed", f"must be an integer, got {self.seed!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or not -(2**63) <= self.seed < 2**63):
+            bad("seed", f"must be a 64-bit integer, got {self.seed!r}")
         if self.logit_bias:
             for tok, bias in self.logit_bias.items():
                 if not -100.0 <= float(bias) <= 100.0:

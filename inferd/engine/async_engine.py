@@ -135,7 +135,10 @@ class AsyncEngine:
 
     # ---- engine thread --------------------------------------------------------------------
     def _deliver(self, pending: _Pending, item) -> None:
-        pending.loop.call_soon_threadsafe(pending.queue.put_nowait, item)
+        try:
+            pending.loop.call_soon_threadsafe(pending.queue.put_nowait, item)
+        except RuntimeError:  # the caller's event loop is gone: nobody is listening any more
+            self.abort(pending.request_id)
 
     def _drain_inbox(self) -> None:
         with self._lock:

@@ -80,7 +80,13 @@ class LLMEngine:
             raise InvalidParameter("prompt", f"prompt token ids out of range [0, {vocab}): {bad[:5]}")
         return None, ids
 
+    @property
+    def max_seq_tokens(self) -> int:
+        """The longest sequence that can ever run: the context window or the whole KV pool."""
+        return min(self.max_model_len, (self.pool.num_blocks - 1) * self.pool.block_size)
+
     def validate_length(self, prompt_len: int, params: SamplingParams) -> None:
+        """Refuse, before queueing, anything that could never complete or could upset the batch."""
         if prompt_len == 0:
             raise InvalidParameter("prompt", "prompt is empty")
         total = prompt_len + (params.max_tokens or 1)
@@ -90,6 +96,18 @@ class LLMEngine:
                 f"this model's maximum context length is {self.max_model_len} tokens; the request has "
                 f"{prompt_len} prompt tokens and asks for {params.max_tokens or 0} completion tokens "
                 f"({total} in total)")
+        if total > self.max_seq_tokens:
+            raise PromptTooLong(
+                "max_tokens" if params.max_tokens else "prompt",
+                f"the KV cache holds at most {self.max_seq_tokens} tokens per sequence; the request "
+                f"needs {total} ({prompt_len} prompt + {params.max_tokens or 0} completion); "
+                "raise --kv-cache-memory")
+        vocab = self.loaded.arch.vocab_size
+        bad = [t for t in params.stop_token_ids if not 0 <= int(t) < vocab]
+        if bad:
+            raise InvalidParameter("stop_token_ids", f"stop_token_ids out of range [0, {vocab}): {bad[:5]}")
+        if params.top_k >= vocab:
+            params.top_k = 0  # at or above the vocabulary, top-k keeps everything
 
     def add_request(self, request_id: str, prompt: PromptInput, params: SamplingParams,
                     prompt_token_ids: list[int] | None = None) -> Request:
@@ -207,7 +225,7 @@ class LLMEngine:
             hit = seq.detok.add(token)
             if hit is not None and n_out >= p.min_tokens:
                 reason, stop = "stop", hit
-        if reason is None and (n_out >= (p.max_tokens or 1 << 60) or seq.num_tokens >= self.max_model_len):
+        if reason is None and (n_out >= (p.max_tokens or 1 << 60) or seq.num_tokens >= self.max_seq_tokens):
             reason = "length"
         if reason is not None:
             if stop is None or isinstance(stop, int):
