@@ -17,6 +17,7 @@ from inferd.engine.sampler import SampleResult, sample, top_logprobs
 from inferd.engine.scheduler import SchedulerOutput
 from inferd.engine.sequence import Sequence
 from inferd.kernels.attention import AttentionMetadata
+from inferd.kernels.kv_quant import QuantizedKV
 from inferd.model.loader import LoadedModel
 
 GIB = 1 << 30
@@ -38,7 +39,9 @@ class StepResult:
 
 def kv_block_bytes(loaded: LoadedModel, cache: CacheConfig, dtype: torch.dtype) -> int:
     a = loaded.arch
-    return 2 * a.num_layers * cache.block_size * a.num_kv_heads * a.head_dim * dtype.itemsize
+    per_token_head = (QuantizedKV.bytes_per_token_head(a.head_dim) if cache.kv_cache_dtype != "auto"
+                      else a.head_dim * dtype.itemsize)
+    return 2 * a.num_layers * cache.block_size * a.num_kv_heads * per_token_head
 
 
 def plan_num_blocks(loaded: LoadedModel, cache: CacheConfig, dtype: torch.dtype) -> int:
@@ -62,13 +65,18 @@ class ModelRunner:
         self.block_size = cache.block_size
         self.num_blocks = num_blocks
         a = loaded.arch
-        kv_dtype = loaded.dtype
-        shape = (num_blocks, cache.block_size, a.num_kv_heads, a.head_dim)
-        self.kv_caches = [(torch.zeros(shape, dtype=kv_dtype, device=self.device),
-                           torch.zeros(shape, dtype=kv_dtype, device=self.device))
+        self.kv_caches = [(self._kv_store(cache, num_blocks), self._kv_store(cache, num_blocks))
                           for _ in range(a.num_layers)]
         self.min_rows = MIN_ROWS_CPU if self.device.type == "cpu" else 1
         self.eos_ids = loaded.tokenizer.eos_token_ids
+
+    def _kv_store(self, cache: CacheConfig, num_blocks: int):
+        a = self.loaded.arch
+        if cache.kv_cache_dtype == "auto":
+            return torch.zeros(num_blocks, cache.block_size, a.num_kv_heads, a.head_dim,
+                               dtype=self.loaded.dtype, device=self.device)
+        return QuantizedKV(num_blocks, cache.block_size, a.num_kv_heads, a.head_dim, cache.kv_cache_dtype,
+                           self.device, self.loaded.dtype)
 
     def _pad(self, n: int) -> int:
         return max(0, self.min_rows - n)

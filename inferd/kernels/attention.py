@@ -12,6 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from inferd.kernels.kv_quant import QuantizedKV
+
+KVStore = torch.Tensor | QuantizedKV  # one layer's keys (or values), plain or quantized
+
 
 @dataclass
 class AttentionMetadata:
@@ -38,12 +42,24 @@ class AttentionMetadata:
         return len(self.seq_lens)
 
 
-def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: KVStore, v_cache: KVStore,
              slot_mapping: torch.Tensor) -> None:
     """Store this step's keys/values [T, Hk, D] into their cache slots."""
+    if isinstance(k_cache, QuantizedKV):
+        k_cache.write(k, slot_mapping)
+        v_cache.write(v, slot_mapping)
+        return
     kv_heads, head_dim = k_cache.shape[-2:]
     k_cache.view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, k.to(k_cache.dtype))
     v_cache.view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
+
+
+def gather_kv(cache: KVStore, slots: torch.Tensor) -> torch.Tensor:
+    """Keys or values at flat slots [N] -> [N, Hk, D] in the activation dtype."""
+    if isinstance(cache, QuantizedKV):
+        return cache.gather(slots)
+    kv_heads, head_dim = cache.shape[-2:]
+    return torch.index_select(cache.view(-1, kv_heads, head_dim), 0, slots)
 
 
 def _context_slots(block_table: torch.Tensor, length: int, block_size: int) -> torch.Tensor:
@@ -54,10 +70,10 @@ def _context_slots(block_table: torch.Tensor, length: int, block_size: int) -> t
     return slots.flatten(-2)[..., :length]
 
 
-def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+def paged_attention(q: torch.Tensor, k_cache: KVStore, v_cache: KVStore,
                     meta: AttentionMetadata, scale: float) -> torch.Tensor:
     """q: [T, Hq, D] -> [T, Hq, D]. Keys/values for this step must already be written."""
-    if q.is_cuda:
+    if q.is_cuda and not isinstance(k_cache, QuantizedKV):
         from inferd.kernels.attention_triton import paged_attention_cuda
 
         return paged_attention_cuda(q, k_cache, v_cache, meta, scale)
@@ -123,8 +139,8 @@ def _decode_group(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     if width < padded:  # tables are only as wide as the longest sequence needs
         tables = torch.nn.functional.pad(tables, (0, -(-(padded - width) // meta.block_size)))
     slots = _context_slots(tables, padded, meta.block_size).reshape(-1)
-    k = torch.index_select(k_cache.view(-1, kv_heads, head_dim), 0, slots)
-    v = torch.index_select(v_cache.view(-1, kv_heads, head_dim), 0, slots)
+    k = gather_kv(k_cache, slots)
+    v = gather_kv(v_cache, slots)
     k = k.view(n, padded, kv_heads, head_dim).transpose(1, 2)  # [n, Hk, L, D]
     v = v.view(n, padded, kv_heads, head_dim).transpose(1, 2)
     pos = torch.arange(padded, device=q.device)
@@ -149,8 +165,8 @@ def _prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
     num_q, heads, head_dim = q.shape
     kv_heads = k_cache.shape[-2]
     slots = _context_slots(block_table, seq_len, block_size)
-    k = k_cache.view(-1, kv_heads, head_dim)[slots].transpose(0, 1)  # [Hk, L, D]
-    v = v_cache.view(-1, kv_heads, head_dim)[slots].transpose(0, 1)
+    k = gather_kv(k_cache, slots).transpose(0, 1)  # [Hk, L, D]
+    v = gather_kv(v_cache, slots).transpose(0, 1)
     group = heads // kv_heads
     # [Hk, G, Q, D] flattened to [Hk, G*Q, D] so one matmul serves the whole group.
     qg = q.transpose(0, 1).reshape(kv_heads, group * num_q, head_dim).to(k.dtype)
