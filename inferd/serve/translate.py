@@ -104,17 +104,11 @@ def _common(req: SamplingRequest, vocab: int) -> dict[str, Any]:
     """Shared fields; ranges the engine would only discover mid-batch are checked here."""
     if req.stream_options is not None and not req.stream:
         raise bad_request("'stream_options' is only allowed when 'stream' is true", param="stream_options")
-    if req.seed is not None and not SEED_RANGE[0] <= req.seed <= SEED_RANGE[1]:
-        raise InvalidParameter("seed", f"seed must be a signed 64-bit integer, got {req.seed}")
-    bad_ids = [t for t in req.stop_token_ids or [] if not 0 <= t < vocab]
-    if bad_ids:
-        raise InvalidParameter("stop_token_ids", f"stop_token_ids outside [0, {vocab}): {bad_ids[:5]}")
-    top_k = req.top_k or 0
     return dict(
         n=1 if req.n is None else req.n,
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p,
-        top_k=0 if top_k >= vocab else top_k,  # k beyond the vocabulary keeps every token anyway
+        top_k=req.top_k or 0,
         min_p=req.min_p or 0.0,
         seed=req.seed,
         presence_penalty=req.presence_penalty or 0.0,
@@ -133,27 +127,23 @@ def _common(req: SamplingRequest, vocab: int) -> dict[str, Any]:
 def _finalize(engine: AsyncEngine, ids: list[int], fields: dict[str, Any],
               max_tokens: int | None, max_tokens_param: str) -> SamplingParams:
     """Pick max_tokens (the rest of the window when unset), build and check against the limits."""
-    window = engine.max_model_len
-    stats = engine.stats()
-    kv_tokens = (stats.num_blocks - 1) * engine.config.cache.block_size
+    limit = engine.engine.max_seq_tokens  # the context window, or the whole KV pool if smaller
     if not ids:
         raise InvalidParameter("prompt", "prompt is empty")
     if max_tokens is None:
-        room = min(window, kv_tokens) - len(ids)
+        room = limit - len(ids)
         if room < 1:
-            raise PromptTooLong("prompt", f"this model's maximum context length is {min(window, kv_tokens)} "
+            raise PromptTooLong("prompt", f"this model's maximum context length is {limit} "
                                 f"tokens; the prompt has {len(ids)} tokens, leaving no room to generate")
         max_tokens = room
     elif max_tokens < 1:
         raise InvalidParameter(max_tokens_param, f"{max_tokens_param} must be at least 1, got {max_tokens}")
     params = SamplingParams(max_tokens=max_tokens, **fields)
-    engine.prepare(ids, params)  # token ids in range, prompt + max_tokens within the context window
-    if len(ids) + max_tokens > kv_tokens:
-        # A sequence larger than the whole KV pool could never run; refuse it rather than let it
-        # stall the engine.
-        raise PromptTooLong(max_tokens_param, f"the request needs {len(ids) + max_tokens} tokens of KV "
-                            f"cache ({len(ids)} prompt + {max_tokens} completion) but this server's KV "
-                            f"cache holds {kv_tokens}; lower {max_tokens_param} or raise --kv-cache-memory")
+    try:
+        engine.prepare(ids, params)  # ids in range, fits the window and the KV pool, stop ids valid
+    except PromptTooLong as exc:
+        exc.param = max_tokens_param if exc.param == "max_tokens" else exc.param
+        raise
     return params
 
 
