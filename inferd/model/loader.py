@@ -12,7 +12,12 @@ import torch
 from inferd.config import ModelConfig, resolve_device, resolve_dtype
 from inferd.model.arch import ArchConfig
 from inferd.model.errors import ModelLoadError
-from inferd.model.gguf_loader import arch_from_gguf, load_gguf_tensors, load_gguf_tokenizer, open_gguf
+from inferd.model.gguf_loader import (
+    arch_from_gguf,
+    load_gguf_tensors,
+    load_gguf_tokenizer,
+    open_gguf,
+)
 from inferd.model.llama import LlamaForCausalLM
 from inferd.model.registry import resolve_model_path
 from inferd.model.safetensors_loader import load_hf_tokenizer, load_safetensors, read_hf_config

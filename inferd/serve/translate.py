@@ -23,7 +23,6 @@ from inferd.serve.protocol import (
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 TEXT_PARTS = {"text", "input_text"}
 MAX_TOP_LOGPROBS = 20
-SEED_RANGE = (-(2**63), 2**63 - 129)  # torch generators take 64 bits; the engine seeds sample i with seed + i
 
 
 # ---- prompts --------------------------------------------------------------------------------
