@@ -38,6 +38,7 @@ class LoadedModel:
     device: torch.device
     max_model_len: int
     load_seconds: float
+    quant_report: object | None = None  # inferd.quant.QuantReport when weights were quantized
 
 
 def load_model(cfg: ModelConfig) -> LoadedModel:
@@ -47,6 +48,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     dtype = resolve_dtype(cfg.dtype, device)
     if device.type == "cpu" and dtype == torch.float16:
         raise ValueError("dtype float16 is not supported on CPU; use float32 or bfloat16")
+    reader = None
     if path.is_file():
         if path.suffix != ".gguf":
             raise ModelLoadError(str(path), "unsupported file type; expected a .gguf file or a HF model directory")
@@ -77,5 +79,23 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     model = model.to(device=device, dtype=dtype).eval()
     rotary = model.model.layers[0].self_attn.rotary
     rotary.cos, rotary.sin = rotary.cos.float(), rotary.sin.float()  # tables stay fp32, as HF's
+    report = _quantize(model, cfg, arch, reader if path.is_file() else None, path)
     tokenizer = Tokenizer(hf_tok, arch)
-    return LoadedModel(model, arch, tokenizer, path, dtype, device, max_len, time.perf_counter() - start)
+    return LoadedModel(model, arch, tokenizer, path, dtype, device, max_len, time.perf_counter() - start,
+                       report)
+
+
+def _quantize(model: LlamaForCausalLM, cfg: ModelConfig, arch: ArchConfig, reader, path: Path):
+    """Apply --quantization at load time (after the float weights are in place)."""
+    if cfg.quantization == "none":
+        return None
+    if cfg.quantization == "gguf":
+        if reader is None:
+            raise ValueError("--quantization gguf keeps a GGUF file's blocks; this model is not a .gguf file")
+        from inferd.quant.gguf_model import keep_gguf_blocks
+
+        return keep_gguf_blocks(model, reader, arch)
+    from inferd.quant import quantize_model
+
+    return quantize_model(model, cfg.quantization, group_size=cfg.quant_group_size,
+                          symmetric=cfg.quant_symmetric, skip=cfg.quant_skip)
