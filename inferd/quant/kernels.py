@@ -1,0 +1,153 @@
+"""Thin wrappers over torch's quantized matmul ops: weight layouts, their quirks, and dispatch.
+
+Everything device-specific about a quantized matmul lives here so `linear.py` reads as policy.
+CPU: `_weight_int8pack_mm` and `_weight_int4pack_mm_for_cpu` are only vectorised for bfloat16
+activations (float32/float16 run a scalar loop 10-40x slower), and both want bf16 scales.
+CUDA: `_weight_int4pack_mm` (tinygemm, bf16, sm80+) and `torch._scaled_mm` (fp8, sm89+); its
+`_weight_int8pack_mm` exists but is a naive kernel, so int8 runs on tinygemm there too.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from inferd.quant.formats import FP8_MAX
+
+aten = torch.ops.aten
+
+# ---- int4 --------------------------------------------------------------------------------------
+# Both tinygemm kernels compute w = (q - 8) * scale + zero (CPU in float32, CUDA in bf16) from
+# bf16 scale/zero pairs laid out as [K // group, N, 2]. They differ in layout and shape limits.
+
+
+def int4_scale_zeros(scale: torch.Tensor, zero: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[N, G] scale and zero -> the [G, N, 2] tensor both tinygemm kernels read."""
+    return torch.stack([scale.t(), zero.t()], dim=-1).to(dtype).contiguous()
+
+
+def int4_shape_problem(n: int, k: int, group_size: int, device: torch.device) -> str | None:
+    """Why the int4 kernel for `device` cannot take an [n, k] weight, or None when it can."""
+    if group_size not in (32, 64, 128, 256):
+        return f"the int4 kernels take group sizes 32, 64, 128 or 256, not {group_size}"
+    if k % group_size:
+        return f"group_size {group_size} does not divide in_features {k}"
+    if device.type == "cuda":
+        if n % 8 or k % 32:
+            return f"CUDA tinygemm needs out_features % 8 == 0 and in_features % 32 == 0, got {n}x{k}"
+    elif n % 16:
+        return f"the CPU int4 kernel needs out_features % 16 == 0, got {n}"
+    return None
+
+
+def _cpu_layout() -> tuple[int, bool]:
+    """(BLOCK_N, whether full blocks pair rows j and j + BLOCK_N/2 in one byte) for this build.
+
+    Mirrors weight_to_int4pack_kernel in aten/src/ATen/native/cpu/int4mm_kernel.cpp: AVX512 packs
+    blocks of 64 rows, AVX2 blocks of 32; other builds and partial blocks pair rows n, n + 1.
+    """
+    cap = torch.backends.cpu.get_cpu_capability()
+    if cap.startswith("AVX512"):
+        return 64, True
+    if cap.startswith("AVX2"):
+        return 32, True
+    return 32, False
+
+
+def unpack_int4_cpu(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Codes uint8 [n, k] back out of `_convert_weight_to_int4pack_for_cpu`'s blocked layout."""
+    block_n, halves = _cpu_layout()
+    flat = packed.reshape(-1)
+    out = torch.empty(n, k, dtype=torch.uint8, device=packed.device)
+    full = n // block_n * block_n
+    if full:  # [n / BLOCK_N, K, BLOCK_N / 2] bytes
+        blocks = flat[: full * k // 2].view(full // block_n, k, block_n // 2)
+        low, high = blocks & 0x0F, blocks >> 4
+        rows = torch.cat([low, high], -1) if halves else torch.stack([low, high], -1).flatten(-2)
+        out[:full] = rows.permute(0, 2, 1).reshape(full, k)
+    if n > full:  # the partial last block pairs rows n, n + 1: [K, rest / 2] bytes
+        tail = flat[full * k // 2:].view(k, (n - full) // 2)
+        out[full:] = torch.stack([tail & 0x0F, tail >> 4], -1).flatten(-2).t()
+    return out
+
+
+def pack_int4_cpu(codes: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Codes uint8 [N, K] -> (CPU kernel layout, whether `unpack_int4_cpu` inverts it here).
+
+    The layout depends on the CPU capability torch picked at run time, so it is never portable:
+    keep the `Int4Weight` (or the GGUF file) as the thing you save.
+    """
+    packed = aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)
+    n, k = codes.shape
+    return packed, torch.equal(unpack_int4_cpu(packed, n, k), codes.to(torch.uint8))
+
+
+def _cuda_inner_k_tiles(k: int) -> int:
+    return next(t for t in (8, 4, 2) if k % (16 * t) == 0)
+
+
+def pack_int4_cuda(codes: torch.Tensor) -> torch.Tensor:
+    """Codes uint8 [N, K] -> tinygemm's int32 layout. Its input pairs columns high-nibble first."""
+    codes = codes.to(torch.uint8)
+    pairs = (codes[:, 0::2] << 4) | codes[:, 1::2]
+    return aten._convert_weight_to_int4pack(pairs.contiguous(), _cuda_inner_k_tiles(codes.shape[1]))
+
+
+def int4_mm(x: torch.Tensor, packed: torch.Tensor, group_size: int,
+            scale_zeros: torch.Tensor) -> torch.Tensor:
+    """x [M, K] bf16 @ dequant(packed).T -> [M, N] bf16."""
+    if x.is_cuda:
+        return aten._weight_int4pack_mm(x, packed, group_size, scale_zeros)
+    return aten._weight_int4pack_mm_for_cpu(x, packed, group_size, scale_zeros)
+
+
+def int4_dequantize_cpu(packed: torch.Tensor, n: int, k: int, group_size: int,
+                        scale_zeros: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The [n, k] weight the CPU kernel multiplies by: computed in float32 like the kernel, then
+    rounded once to `dtype`."""
+    q = unpack_int4_cpu(packed, n, k).view(n, k // group_size, group_size).float()
+    scale = scale_zeros[..., 0].t().unsqueeze(-1).float()
+    zero = scale_zeros[..., 1].t().unsqueeze(-1).float() - 8 * scale  # (q - 8) s + z, one pass
+    return torch.addcmul(zero, q, scale).reshape(n, k).to(dtype)
+
+
+# ---- int8 --------------------------------------------------------------------------------------
+
+
+def int8_mm_cpu(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [M, K] bf16 @ (qweight * scale[:, None]).T for per-channel int8; scale is bf16 [N]."""
+    return aten._weight_int8pack_mm(x, qweight, scale)
+
+
+# ---- fp8 ---------------------------------------------------------------------------------------
+
+_TWO_POW_120 = 2.0**120
+
+
+def fp8_to_bf16(qweight: torch.Tensor) -> torch.Tensor:
+    """Exact float8_e4m3fn -> bfloat16 by moving bits (no NaN in weights by construction).
+
+    e4m3 bits s.eeee.mmm shifted left 4 with the sign kept are a bf16 with the same exponent
+    field, i.e. the value times 2**-120 (subnormals included); one exact multiply undoes that.
+    """
+    bits = qweight.view(torch.int8).to(torch.int16)
+    bits = bits.bitwise_left_shift_(4).bitwise_and_(-30721)  # 0x87FF: sign + 11 low bits
+    return bits.view(torch.bfloat16).mul_(_TWO_POW_120)
+
+
+def cuda_supports_fp8_mm(device: torch.device) -> bool:
+    """`torch._scaled_mm` with float8 operands needs compute capability 8.9 (Ada) or newer."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def fp8_scaled_mm(x: torch.Tensor, qweight: torch.Tensor, scale_row: torch.Tensor) -> torch.Tensor:
+    """CUDA W8A8: per-token dynamic fp8 activations times fp8 weights, row-wise scales.
+
+    scale_row is the weight scale as float32 [1, N]; the result is bf16 [M, N].
+    """
+    # Few launches on purpose: at decode sizes each one costs more than the math. |x / x_scale|
+    # <= 448 (1 + 2**-23), which the cast rounds to 448, so no clamp is needed.
+    amax = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True, dtype=torch.float32)
+    x_scale = amax.div_(FP8_MAX).clamp_(min=1e-12)
+    x_fp8 = (x / x_scale).to(torch.float8_e4m3fn)
+    return torch._scaled_mm(x_fp8, qweight.t(), scale_a=x_scale, scale_b=scale_row,
+                            out_dtype=torch.bfloat16)

@@ -1,0 +1,292 @@
+"""Drop-in replacements for `nn.Linear` whose weights are INT8, INT4 or FP8.
+
+Each module packs a format from `formats.py` once, for the device it is built on, and its forward
+runs the fastest kernel that device has (`kernels.py`). Inputs may have any leading shape; the
+output has the input's dtype. Build the module on its final device: the packed layouts differ
+between CPU and CUDA, so moving a built module across device types is refused.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inferd.quant import kernels
+from inferd.quant.formats import (
+    Fp8Weight,
+    Int4Weight,
+    Int8Weight,
+    QuantizedWeight,
+    quantize_fp8,
+    quantize_int4,
+    quantize_int8,
+)
+
+# From this many tokens on, a CPU call dequantizes the whole weight to bf16 and runs one GEMM:
+# the int8/int4 CPU kernels are GEMV-shaped (they redo the dequantization every 4 rows), so
+# prefill-sized batches lose to bf16 GEMM. Measured with benchmarks/bench_quant_matmul.py
+# (--crossover). For int8 only while the bf16 copy stays cache-sized: on a 576x49152 head the
+# widening pass itself is DRAM-bound and costs more than the kernel at 32 tokens.
+CPU_INT8_DEQUANT_FROM = 24
+CPU_INT8_DEQUANT_MAX_WEIGHTS = 1 << 22
+CPU_INT4_DEQUANT_FROM = 384
+
+
+def default_compute_dtype(device: torch.device, weight_dtype: torch.dtype) -> torch.dtype:
+    """bf16, the only fast CPU (and tinygemm) dtype; on CUDA, fp8 keeps a model's fp16."""
+    if device.type == "cuda" and weight_dtype in (torch.float16, torch.bfloat16):
+        return weight_dtype
+    return torch.bfloat16
+
+
+class _QuantLinear(nn.Module):
+    """Shared plumbing: shapes, bias, the device check and the input/output casts."""
+
+    in_features: int
+    out_features: int
+
+    def __init__(self, shape: tuple[int, int], bias: torch.Tensor | None,
+                 device: torch.device, compute_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.out_features, self.in_features = shape
+        self.compute_dtype = compute_dtype
+        self.packed_for = device.type
+        if bias is not None:
+            bias = bias.detach().to(device)
+        self.register_buffer("bias", bias)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != self.packed_for:
+            raise RuntimeError(
+                f"{type(self).__name__} was packed for {self.packed_for} but got input on "
+                f"{x.device.type}; quantize after moving the model to its device"
+            )
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"expected input [..., {self.in_features}], got {tuple(x.shape)}")
+        # Each no-op call below still costs ~1 us of dispatch, as much as a small decode GEMV's
+        # margin, so only make the calls that change something.
+        if x.dim() != 2:
+            x = x.reshape(-1, self.in_features)
+        if x.dtype != self.compute_dtype:
+            x = x.to(self.compute_dtype)
+        return x if x.is_contiguous() else x.contiguous()
+
+    def _finish(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if y.dtype != x.dtype:
+            y = y.to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the packed weight and its scales/zeros (bias excluded)."""
+        return sum(b.numel() * b.element_size() for n, b in self.named_buffers() if n != "bias")
+
+    def _repr_base(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, compute_dtype={self.compute_dtype}")
+
+
+def _target(linear: nn.Linear, device: torch.device | str | None) -> torch.device:
+    return torch.device(device) if device is not None else linear.weight.device
+
+
+class Int8Linear(_QuantLinear):
+    """INT8 weights, read at 8 bits/weight on every path.
+
+    CPU with per-channel scales: `_weight_int8pack_mm` for small batches, dequant + bf16 GEMM
+    from CPU_INT8_DEQUANT_FROM tokens on. Group-wise scales (GGUF Q8_0), and all int8 on CUDA
+    (where torch's `_weight_int8pack_mm` is a naive kernel, 5-50x slower than bf16), take the
+    "two-plane" path: q = 16 hi + lo splits into two int4 planes run as one tinygemm call over
+    [x, x], hi with scale 16 d and lo with scale d, zero 8 d. Exact up to bf16 rounding of d.
+    """
+
+    def __init__(self, weight: Int8Weight, bias: torch.Tensor | None = None, *,
+                 device: torch.device | str = "cpu", compute_dtype: torch.dtype | None = None) -> None:
+        device = torch.device(device)
+        super().__init__(weight.shape, bias, device,
+                         compute_dtype or default_compute_dtype(device, torch.float32))
+        self.group_size = weight.group_size
+        self.two_plane = device.type == "cuda" or not weight.per_channel
+        if not self.two_plane:
+            self.register_buffer("qweight", weight.qweight.to(device))
+            self.register_buffer("scale", weight.scale[:, 0].to(device, self.compute_dtype))
+            return
+        if self.compute_dtype != torch.bfloat16:
+            raise ValueError(f"{device.type} int8 runs on the bf16 int4 kernel; "
+                             f"compute_dtype {self.compute_dtype} is not supported")
+        n, k = weight.shape
+        # Per-channel scales are repeated over the largest group tinygemm takes.
+        plane_group = weight.group_size if not weight.per_channel else next(
+            (g for g in (256, 128, 64, 32) if k % g == 0), k)
+        if problem := kernels.int4_shape_problem(n, k, plane_group, device):
+            raise ValueError(f"int8 here runs on the int4 kernel, which refuses: {problem}")
+        self.plane_group = plane_group
+        d = weight.scale.repeat_interleave(k // plane_group // weight.scale.shape[1], dim=1)
+        q = weight.qweight.to(torch.int16)
+        codes = torch.cat([(q >> 4) + 8, q & 0x0F], dim=1)  # arithmetic shift: hi in [-8, 7]
+        scale = torch.cat([16 * d, d], dim=1)
+        zero = torch.cat([torch.zeros_like(d), 8 * d], dim=1)
+        self.register_buffer("qweight", _pack_int4(codes.to(device), device)[0])
+        self.register_buffer("scale_zeros", kernels.int4_scale_zeros(
+            scale.to(device), zero.to(device), torch.bfloat16))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, device: torch.device | str | None = None,
+                    compute_dtype: torch.dtype | None = None) -> Int8Linear:
+        """Quantize `linear.weight` per output channel (see `quantize_int8`)."""
+        return cls(quantize_int8(linear.weight), linear.bias, device=_target(linear, device),
+                   compute_dtype=compute_dtype)
+
+    @classmethod
+    def from_quantized(cls, weight: Int8Weight, bias: torch.Tensor | None = None, **kwargs) -> Int8Linear:
+        return cls(weight, bias, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = self._prepare(x)
+        if self.two_plane:
+            y = kernels.int4_mm(torch.cat([x2, x2], dim=1), self.qweight, self.plane_group,
+                                self.scale_zeros)
+        elif (x2.shape[0] >= CPU_INT8_DEQUANT_FROM
+              and self.qweight.numel() <= CPU_INT8_DEQUANT_MAX_WEIGHTS):
+            y = F.linear(x2, self.qweight.to(self.compute_dtype)) * self.scale
+        else:
+            y = kernels.int8_mm_cpu(x2, self.qweight, self.scale)
+        return self._finish(y, x)
+
+    def extra_repr(self) -> str:
+        groups = "per_channel" if self.group_size == self.in_features else f"group_size={self.group_size}"
+        kernel = "int4x2_tinygemm" if self.two_plane else "int8pack"
+        return f"{self._repr_base()}, {groups}, kernel={kernel}"
+
+
+def _pack_int4(codes: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, bool]:
+    if device.type == "cuda":
+        return kernels.pack_int4_cuda(codes), False
+    return kernels.pack_int4_cpu(codes)
+
+
+class Int4Linear(_QuantLinear):
+    """INT4 group-wise weights on torch's tinygemm kernels (w = (q - 8) * scale + zero).
+
+    Scales and zeros are held in bf16, as both kernels require; that rounds them by at most
+    2**-9 relative, far below the int4 step itself.
+    """
+
+    def __init__(self, weight: Int4Weight, bias: torch.Tensor | None = None, *,
+                 device: torch.device | str = "cpu", compute_dtype: torch.dtype | None = None) -> None:
+        device = torch.device(device)
+        super().__init__(weight.shape, bias, device, torch.bfloat16)
+        if compute_dtype not in (None, torch.bfloat16):
+            raise ValueError(f"int4 kernels compute in bfloat16 only, got compute_dtype={compute_dtype}")
+        n, k = weight.shape
+        if problem := kernels.int4_shape_problem(n, k, weight.group_size, device):
+            raise ValueError(problem)
+        self.group_size = weight.group_size
+        self.symmetric = weight.symmetric
+        packed, self._unpackable = _pack_int4(weight.unpacked().to(device), device)
+        scale, zero = weight.kernel_scale_and_zero()
+        self.register_buffer("qweight", packed)
+        self.register_buffer("scale_zeros", kernels.int4_scale_zeros(
+            scale.to(device), zero.to(device), torch.bfloat16))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, group_size: int = 64, symmetric: bool = True,
+                    device: torch.device | str | None = None) -> Int4Linear:
+        """Quantize `linear.weight` group-wise (see `quantize_int4`)."""
+        weight = quantize_int4(linear.weight, group_size, symmetric)
+        return cls(weight, linear.bias, device=_target(linear, device))
+
+    @classmethod
+    def from_quantized(cls, weight: Int4Weight, bias: torch.Tensor | None = None, **kwargs) -> Int4Linear:
+        return cls(weight, bias, **kwargs)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 [N, K] weight the kernel multiplies by (CPU-packed modules only)."""
+        if self.packed_for != "cpu":
+            raise NotImplementedError("dequantize() reads the CPU layout; keep the Int4Weight for CUDA")
+        return kernels.int4_dequantize_cpu(self.qweight, self.out_features, self.in_features,
+                                           self.group_size, self.scale_zeros, torch.float32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = self._prepare(x)
+        if self._unpackable and x2.shape[0] >= CPU_INT4_DEQUANT_FROM:
+            w = kernels.int4_dequantize_cpu(self.qweight, self.out_features, self.in_features,
+                                            self.group_size, self.scale_zeros, torch.bfloat16)
+            y = F.linear(x2, w)
+        else:
+            y = kernels.int4_mm(x2, self.qweight, self.group_size, self.scale_zeros)
+        return self._finish(y, x)
+
+    def extra_repr(self) -> str:
+        return (f"{self._repr_base()}, group_size={self.group_size}, "
+                f"symmetric={self.symmetric}")
+
+
+class Fp8Linear(_QuantLinear):
+    """FP8 e4m3 weights with per-output-channel scales.
+
+    CUDA sm89+: `torch._scaled_mm` with activations quantized to fp8 per token (W8A8; set
+    `fp8_activations=False` for weight-only). Elsewhere weight-only: the weight is widened to the
+    compute dtype on every call (exact), so on CPU FP8 saves memory, not time.
+    """
+
+    def __init__(self, weight: Fp8Weight, bias: torch.Tensor | None = None, *,
+                 device: torch.device | str = "cpu", compute_dtype: torch.dtype | None = None,
+                 fp8_activations: bool = True) -> None:
+        device = torch.device(device)
+        super().__init__(weight.shape, bias, device,
+                         compute_dtype or default_compute_dtype(device, torch.float32))
+        n, k = weight.shape
+        self.use_scaled_mm = (fp8_activations and kernels.cuda_supports_fp8_mm(device)
+                              and n % 16 == 0 and k % 16 == 0)
+        self.register_buffer("qweight", weight.qweight.to(device))
+        if self.use_scaled_mm:
+            self.register_buffer("scale", weight.scale.reshape(1, n).to(device, torch.float32))
+        else:
+            self.register_buffer("scale", weight.scale.reshape(n).to(device, self.compute_dtype))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, device: torch.device | str | None = None,
+                    compute_dtype: torch.dtype | None = None, fp8_activations: bool = True) -> Fp8Linear:
+        """Quantize `linear.weight` per output channel (see `quantize_fp8`)."""
+        device = _target(linear, device)
+        return cls(quantize_fp8(linear.weight), linear.bias, device=device,
+                   compute_dtype=compute_dtype or default_compute_dtype(device, linear.weight.dtype),
+                   fp8_activations=fp8_activations)
+
+    @classmethod
+    def from_quantized(cls, weight: Fp8Weight, bias: torch.Tensor | None = None, **kwargs) -> Fp8Linear:
+        return cls(weight, bias, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = self._prepare(x)
+        if self.use_scaled_mm:
+            y = kernels.fp8_scaled_mm(x2, self.qweight, self.scale)
+        elif self.packed_for == "cpu" and self.compute_dtype == torch.bfloat16:
+            # torch's own fp8 -> bf16 cast is scalar on CPU; the bit-moving one is vectorised.
+            y = F.linear(x2, kernels.fp8_to_bf16(self.qweight)) * self.scale
+        else:
+            y = F.linear(x2, self.qweight.to(self.compute_dtype)) * self.scale
+        return self._finish(y, x)
+
+    def extra_repr(self) -> str:
+        kernel = "scaled_mm_w8a8" if self.use_scaled_mm else "weight_only"
+        return f"{self._repr_base()}, kernel={kernel}"
+
+
+QuantLinear = Int8Linear | Int4Linear | Fp8Linear
+
+
+def linear_from_quantized(weight: QuantizedWeight, bias: torch.Tensor | None = None, *,
+                          device: torch.device | str = "cpu") -> QuantLinear:
+    """The module for a format object, e.g. one made by `from_gguf_blocks`."""
+    if isinstance(weight, Int8Weight):
+        return Int8Linear(weight, bias, device=device)
+    if isinstance(weight, Int4Weight):
+        return Int4Linear(weight, bias, device=device)
+    if isinstance(weight, Fp8Weight):
+        return Fp8Linear(weight, bias, device=device)
+    raise TypeError(f"not a quantized weight: {type(weight).__name__}")

@@ -1,0 +1,130 @@
+"""Quantized Linear modules on CPU: each matches (dequantized weight) @ x within the bf16 bound
+derived in `reference.py`, on every kernel path (small-batch kernel and big-batch dequant+GEMM)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from inferd.quant import (
+    Fp8Linear,
+    Int4Linear,
+    Int8Linear,
+    linear_from_quantized,
+    quantize_fp8,
+    quantize_int4,
+    quantize_int8,
+)
+from inferd.quant import linear as qlinear
+from tests.quant.reference import BF16_U, magnitude, reference_and_bound
+
+# 1/3/7/33 tokens hit the kernels; 64 (int8) and 400 (int4) hit the dequant+GEMM paths.
+TOKENS = [1, 3, 7, 33, 64, 400]
+# (in_features, out_features): N = 80 and 48 leave partial 64-row blocks in the CPU int4 layout.
+SHAPES = [(128, 80), (192, 48), (256, 128)]
+
+
+def _linear(k: int, n: int, bias: bool = False, seed: int = 0) -> nn.Linear:
+    torch.manual_seed(seed)
+    return nn.Linear(k, n, bias=bias)
+
+
+def _check(module: nn.Module, weight, x: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    y = module(x)
+    assert y.dtype == x.dtype and y.shape == (*x.shape[:-1], weight.shape[0])
+    ref, bound = reference_and_bound(x, weight, bias)
+    if x.dtype == torch.bfloat16:  # the output itself is then bf16 as well
+        bound = bound + BF16_U * ref.abs()
+    err = (y.double().reshape(ref.shape) - ref).abs()
+    assert (err <= bound).all(), f"max excess {(err - bound).max().item():.3g}"
+
+
+@pytest.mark.parametrize(("k", "n"), SHAPES)
+@pytest.mark.parametrize("tokens", TOKENS)
+def test_int8_per_channel(k: int, n: int, tokens: int) -> None:
+    weight = quantize_int8(_linear(k, n).weight)
+    _check(Int8Linear(weight), weight, torch.randn(tokens, k))
+
+
+@pytest.mark.parametrize("tokens", [1, 7, 33])
+def test_int8_grouped_runs_exactly_on_two_int4_planes(tokens: int) -> None:
+    weight = quantize_int8(_linear(256, 64).weight, group_size=32)
+    module = Int8Linear(weight)
+    assert "group_size=32" in repr(module)
+    _check(module, weight, torch.randn(tokens, 256))
+
+
+@pytest.mark.parametrize(("k", "n"), SHAPES)
+@pytest.mark.parametrize("tokens", TOKENS)
+@pytest.mark.parametrize(("group_size", "symmetric"), [(32, True), (64, False), (64, True)])
+def test_int4(k: int, n: int, tokens: int, group_size: int, symmetric: bool) -> None:
+    weight = quantize_int4(_linear(k, n).weight, group_size, symmetric)
+    _check(Int4Linear(weight), weight, torch.randn(tokens, k))
+
+
+def test_int4_group_128() -> None:
+    weight = quantize_int4(_linear(256, 64).weight, 128, False)
+    _check(Int4Linear(weight), weight, torch.randn(5, 256))
+
+
+@pytest.mark.parametrize(("k", "n"), SHAPES)
+@pytest.mark.parametrize("tokens", [1, 3, 7, 33])
+def test_fp8(k: int, n: int, tokens: int) -> None:
+    weight = quantize_fp8(_linear(k, n).weight)
+    _check(Fp8Linear(weight), weight, torch.randn(tokens, k))
+
+
+@pytest.mark.parametrize("cls", [Int8Linear, Int4Linear, Fp8Linear])
+def test_bias_leading_dims_and_bf16_inputs(cls: type) -> None:
+    linear = _linear(64, 32, bias=True)
+    module = cls.from_linear(linear)
+    weight = {Int8Linear: quantize_int8, Int4Linear: quantize_int4, Fp8Linear: quantize_fp8}[cls](
+        linear.weight)
+    x = torch.randn(2, 3, 64)
+    _check(module, weight, x, linear.bias)
+    _check(module, weight, x.to(torch.bfloat16), linear.bias)
+
+
+def test_int4_module_dequantize_is_the_format_with_bf16_scales() -> None:
+    weight = quantize_int4(_linear(128, 64).weight, 32, symmetric=False)
+    module = Int4Linear(weight)
+    # The kernel's own weight: the format's values with scale and zero rounded to bf16 once each.
+    err = (module.dequantize().double() - weight.dequantize().double()).abs()
+    assert (err <= 2 * BF16_U * magnitude(weight) + 1e-7).all()
+    assert module._unpackable  # so batches >= CPU_INT4_DEQUANT_FROM take dequant + GEMM
+    assert qlinear.CPU_INT4_DEQUANT_FROM <= max(TOKENS)
+
+
+def test_weight_bytes_and_repr() -> None:
+    linear = _linear(256, 64)
+    assert Int8Linear.from_linear(linear).weight_bytes == 64 * 256 + 64 * 2
+    assert Int4Linear.from_linear(linear, group_size=64).weight_bytes == 64 * 128 + 4 * 64 * 2 * 2
+    assert Fp8Linear.from_linear(linear).weight_bytes == 64 * 256 + 64 * 2
+    text = repr(Int4Linear.from_linear(linear, group_size=32, symmetric=False))
+    assert "in_features=256, out_features=64" in text and "group_size=32, symmetric=False" in text
+    assert "per_channel" in repr(Int8Linear.from_linear(linear))
+
+
+def test_linear_from_quantized_picks_the_module() -> None:
+    w = _linear(64, 32).weight
+    assert isinstance(linear_from_quantized(quantize_int8(w)), Int8Linear)
+    assert isinstance(linear_from_quantized(quantize_int4(w, 32)), Int4Linear)
+    assert isinstance(linear_from_quantized(quantize_fp8(w)), Fp8Linear)
+    with pytest.raises(TypeError):
+        linear_from_quantized(w)  # type: ignore[arg-type]
+
+
+def test_bad_shapes_and_inputs() -> None:
+    with pytest.raises(ValueError, match="out_features % 16"):
+        Int4Linear.from_linear(_linear(64, 40))
+    with pytest.raises(ValueError, match="does not divide in_features 96"):
+        Int4Linear.from_linear(_linear(96, 32), group_size=64)
+    with pytest.raises(ValueError, match="bfloat16 only"):
+        Int4Linear(quantize_int4(_linear(64, 32).weight, 32), compute_dtype=torch.float32)
+    module = Int8Linear.from_linear(_linear(64, 32))
+    with pytest.raises(ValueError, match=r"expected input \[\.\.\., 64\]"):
+        module(torch.randn(3, 65))
+    module.packed_for = "cuda"  # as if built on a GPU, then handed CPU tensors
+    with pytest.raises(RuntimeError, match="packed for cuda"):
+        module(torch.randn(3, 64))
