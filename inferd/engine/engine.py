@@ -18,7 +18,7 @@ from inferd.engine.kv_cache import BlockPool
 from inferd.engine.runner import ModelRunner, plan_num_blocks
 from inferd.engine.sampler import make_generator
 from inferd.engine.scheduler import Scheduler
-from inferd.engine.sequence import Request, Sequence, SeqStatus
+from inferd.engine.sequence import Request, SeqStatus, Sequence
 from inferd.model.loader import LoadedModel, load_model
 from inferd.outputs import CompletionOutput, RequestOutput
 from inferd.sampling_params import InvalidParameter, SamplingParams

@@ -105,19 +105,30 @@ class ModelRunner:
             if entry.num_spec:
                 toks = toks + spec_tokens[seq.seq_id][:entry.num_spec]
             n = len(toks)
-            if n == 1 and num_decodes == len(seq_lens):
-                # Only a leading run of one-token queries may take the batched decode path; a
-                # one-token prefill chunk after a longer one must stay in the per-sequence path.
-                num_decodes += 1
             row0 = len(input_ids)
             input_ids.extend(toks)
             positions.extend(range(start, start + n))
             table = seq.block_table
             slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
-            query_start.append(row0 + n)
-            seq_lens.append(start + n)
-            query_lens.append(n)
-            tables.append(table)
+            if entry.num_spec and num_decodes == len(seq_lens):
+                # Speculative verification: each row attends as the decode of its position would
+                # (one query over its own prefix, batched decode path), so accepted tokens and
+                # their K/V are bitwise those of plain decoding, in bf16 too.
+                for j in range(1, n + 1):
+                    query_start.append(row0 + j)
+                    seq_lens.append(start + j)
+                    query_lens.append(1)
+                    tables.append(table)
+                num_decodes += n
+            else:
+                if n == 1 and num_decodes == len(seq_lens):
+                    # Only a leading run of one-token queries takes the batched decode path; a
+                    # one-token prefill chunk after a longer one stays in the per-sequence path.
+                    num_decodes += 1
+                query_start.append(row0 + n)
+                seq_lens.append(start + n)
+                query_lens.append(n)
+                tables.append(table)
             if seq.prompt_logprobs is not None and start < seq.prompt_len:
                 prompt_lp_rows[seq.seq_id] = (seq, row0, min(n, seq.prompt_len - start), start)
             if entry.samples:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from inferd.config import SchedulerConfig
 from inferd.engine.kv_cache import BlockPool
-from inferd.engine.sequence import Sequence, SeqStatus
+from inferd.engine.sequence import SeqStatus, Sequence
 
 
 @dataclass
