@@ -29,11 +29,12 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """`auto` means fp32 on CPU (exact reference parity) and bf16 on CUDA."""
+    """`auto` means bf16 on CPU and CUDA: on this class of CPU bf16 GEMMs are ~2.5x faster than
+    fp32 and read half the bytes. Ask for float32 for bit-level parity with the fp32 reference."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.bfloat16
     try:
         return DTYPES[dtype]
     except KeyError:

@@ -15,7 +15,7 @@ def add_engine_args(p: argparse.ArgumentParser, model_nargs: str | None = None) 
                        help=f"model name or path (repeat to serve several; default {DEFAULT_MODEL})")
     else:
         g.add_argument("--model", default=DEFAULT_MODEL, help="bundled model name, .gguf file or HF directory")
-    g.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
+    g.add_argument("--dtype", default="auto", help="auto (bfloat16), float32, bfloat16, float16 (CUDA only)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     g.add_argument("--max-model-len", type=int, default=None, help="context window (default: the model's)")
     g.add_argument("--seed", type=int, default=0)

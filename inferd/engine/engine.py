@@ -180,6 +180,9 @@ class LLMEngine:
             prompt_tokens += max(0, min(seq.num_computed_tokens, seq.prompt_len) - computed_before)
             if seq.seq_id in result.prompt_logprobs:
                 seq.prompt_logprobs.extend(result.prompt_logprobs[seq.seq_id])
+            # Now, before the sequence can finish and release its blocks: a request that ends in
+            # this very step (e.g. max_tokens=1) must still leave its prompt blocks cached.
+            self.pool.register_full_blocks(seq)
         new_tokens = 0
         now = time.monotonic()
         for row, seq in enumerate(result.seqs):
@@ -193,9 +196,10 @@ class LLMEngine:
                 touched.add(seq)
                 if seq.finished:
                     break
-        for entry in sched.scheduled:
-            if not entry.seq.finished:
-                self.pool.register_full_blocks(entry.seq)
+        if self.speculator:  # accepted proposals may have completed more blocks
+            for entry in sched.scheduled:
+                if entry.num_spec and not entry.seq.finished:
+                    self.pool.register_full_blocks(entry.seq)
         self.observer.on_step(prompt_tokens, new_tokens)
         return self._collect(touched)
 

@@ -195,3 +195,10 @@ def test_async_engine_streams_and_abort_frees_blocks(tiny_llama):
         asyncio.run(main())
     finally:
         engine.shutdown()
+
+
+def test_a_request_finishing_in_its_prefill_step_still_caches_its_prompt(tiny):
+    prompt = prompts_for(tiny, 1, base_len=60)[0]
+    tiny.generate([prompt], SamplingParams(temperature=0, max_tokens=1))
+    out = tiny.generate([prompt + [7, 8, 9]], SamplingParams(temperature=0, max_tokens=1))[0]
+    assert out.num_cached_tokens >= (len(prompt) // 16) * 16

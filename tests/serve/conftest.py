@@ -22,6 +22,7 @@ def tiny_server(tiny_llama, tmp_path_factory) -> Iterator[ServerProcess]:
     config.write_text(
         "metrics_compat: vllm\n"
         "kv_cache_memory: 0.1\n"
+        "dtype: float32\n"  # echo-logprob tests compare with the fp32 reference
         "models:\n"
         f"  - model: {tiny_llama}\n"
         "    served_model_name: [tiny, tiny-alias]\n"
@@ -47,7 +48,7 @@ def tiny_loaded(tiny_llama):
     from inferd.config import ModelConfig
     from inferd.model.loader import load_model
 
-    return load_model(ModelConfig(model=str(tiny_llama)))
+    return load_model(ModelConfig(model=str(tiny_llama), dtype="float32"))
 
 
 @pytest.fixture(scope="module")

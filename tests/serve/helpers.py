@@ -73,7 +73,7 @@ def make_engine(loaded, tiny_llama, **scheduler):
     from inferd.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
     from inferd.engine.async_engine import AsyncEngine
 
-    config = EngineConfig(model=ModelConfig(model=str(tiny_llama)),
+    config = EngineConfig(model=ModelConfig(model=str(tiny_llama), dtype="float32"),
                           cache=CacheConfig(kv_cache_memory_gib=0.05),
                           scheduler=replace(SchedulerConfig(), **scheduler))
     return AsyncEngine(config, loaded=loaded)

@@ -95,7 +95,7 @@ async def test_kv_capacity_is_checked_before_queueing(tiny_loaded, tiny_llama):
 
     base = make_engine(tiny_loaded, tiny_llama)
     base.shutdown()
-    config = replace(base.config, cache=replace(base.config.cache, kv_cache_memory_gib=20 * 8192 / 2**30))
+    config = replace(base.config, cache=replace(base.config.cache, kv_cache_memory_gib=10 * 8192 / 2**30))
     engine = AsyncEngine(config, loaded=tiny_loaded)  # a few blocks only: fewer tokens than the window
     try:
         capacity = (engine.stats().num_blocks - 1) * engine.config.cache.block_size
