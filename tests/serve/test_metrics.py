@@ -1,6 +1,6 @@
 """/metrics: an own registry per app, the observer's arithmetic, engine gauges read at scrape
 time, speculative-decoding counters when a speculator exposes them, vLLM-named copies, and every
-series documented in METRICS.md."""
+series documented in the README."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from inferd.serve.metrics import ServerMetrics
 
 from .helpers import metric_value
 
-METRICS_MD = Path(__file__).resolve().parents[2] / "inferd" / "serve" / "METRICS.md"
+METRICS_MD = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def fake_engine(speculator=None, running=3, waiting=2):
@@ -129,4 +129,4 @@ def test_every_series_is_documented():
     names = {f.name + ("_total" if f.type == "counter" else "") for f in metrics.registry.collect()}
     assert len(names) >= 30
     missing = sorted(n for n in names if f"`{n}`" not in doc)
-    assert not missing, f"not in METRICS.md: {missing}"
+    assert not missing, f"not documented in README.md: {missing}"
