@@ -97,8 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                        ("inferd.quant.eval_cli", "add_quant_eval_parser")):
         try:
             mod = __import__(module, fromlist=[fn])
-        except ImportError:
-            continue  # feature not installed in this build
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and module.startswith(exc.name):
+                continue  # this feature's package is absent from the build; anything else is a bug
+            raise
         getattr(mod, fn)(sub)
     return parser
 
