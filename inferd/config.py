@@ -53,6 +53,7 @@ class ModelConfig:
     quant_group_size: int = 64
     quant_symmetric: bool = True
     quant_skip: tuple[str, ...] = ()
+    quant_lm_head: bool = False  # also quantize the LM head (and a tied embedding with it)
     seed: int = 0
 
 

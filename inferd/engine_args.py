@@ -26,6 +26,8 @@ def add_engine_args(p: argparse.ArgumentParser, model_nargs: str | None = None) 
     q.add_argument("--quant-asymmetric", action="store_true", help="int4 with a zero point per group")
     q.add_argument("--quant-skip", action="append", default=[], metavar="PATTERN",
                    help="keep modules matching this glob in higher precision (repeatable)")
+    q.add_argument("--quant-lm-head", action="store_true",
+                   help="quantize the LM head too (and the embedding tied to it); off by default")
     c = p.add_argument_group("KV cache")
     c.add_argument("--kv-cache-memory", type=float, default=None, metavar="GIB",
                    help="KV-cache pool size in GiB (default: a fraction of free memory)")
@@ -50,7 +52,7 @@ def engine_config_from_args(args: argparse.Namespace, model: str | None = None) 
             model=model or args.model, dtype=args.dtype, device=args.device,
             max_model_len=args.max_model_len, quantization=args.quantization,
             quant_group_size=args.quant_group_size, quant_symmetric=not args.quant_asymmetric,
-            quant_skip=tuple(args.quant_skip), seed=args.seed),
+            quant_skip=tuple(args.quant_skip), quant_lm_head=args.quant_lm_head, seed=args.seed),
         cache=CacheConfig(block_size=args.block_size, kv_cache_memory_gib=args.kv_cache_memory,
                           enable_prefix_caching=not args.no_prefix_caching,
                           kv_cache_dtype=args.kv_cache_dtype),

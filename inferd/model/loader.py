@@ -98,4 +98,5 @@ def _quantize(model: LlamaForCausalLM, cfg: ModelConfig, arch: ArchConfig, reade
     from inferd.quant import quantize_model
 
     return quantize_model(model, cfg.quantization, group_size=cfg.quant_group_size,
-                          symmetric=cfg.quant_symmetric, skip=cfg.quant_skip)
+                          symmetric=cfg.quant_symmetric, skip=cfg.quant_skip,
+                          quantize_embeddings=cfg.quant_lm_head)
