@@ -21,11 +21,14 @@ from benchmarks.common import machine, median, random_prompts  # noqa: E402
 from inferd import LLM, SamplingParams  # noqa: E402
 from inferd.model.registry import resolve_model_path  # noqa: E402
 
-CONFIGS = [  # label, dtype, quantization
-    ("fp32", "float32", "none"), ("bf16", "bfloat16", "none"), ("int8", "bfloat16", "int8"),
-    ("int4-gguf-blocks", "bfloat16", "gguf"), ("int4-g32-asym", "bfloat16", "int4"),
-    ("fp8", "bfloat16", "fp8"),
-]
+G32_ASYM = {"quant_group_size": 32, "quant_symmetric": False}
+CONFIGS = {  # label -> (dtype, quantization, extra LLM keywords)
+    "fp32": ("float32", "none", {}), "bf16": ("bfloat16", "none", {}),
+    "int8": ("bfloat16", "int8", {}), "int4-gguf-blocks": ("bfloat16", "gguf", {}),
+    "int4-g32-asym": ("bfloat16", "int4", G32_ASYM), "fp8": ("bfloat16", "fp8", {}),
+    "int8+head": ("bfloat16", "int8", {"quant_lm_head": True}),
+    "int4-g32-asym+head": ("bfloat16", "int4", {**G32_ASYM, "quant_lm_head": True}),
+}
 
 
 def decode_rate(llm: LLM, batch: int, tokens: int, repeats: int) -> float:
@@ -60,11 +63,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--quality", action="store_true", help="also run quant-eval (slow)")
+    ap.add_argument("--configs", default="fp32,bf16,int8,int4-gguf-blocks,int4-g32-asym,fp8",
+                    help=f"comma list from {sorted(CONFIGS)}")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     res: dict[str, object] = {"machine": machine(), "llama.cpp_Q4_1_batch1_tok_s": llama_bench()}
-    for label, dtype, quant in CONFIGS:
-        kw = dict(quant_group_size=32, quant_symmetric=False) if label == "int4-g32-asym" else {}
+    labels = args.configs.split(",")
+    for label in labels:
+        dtype, quant, kw = CONFIGS[label]
         llm = LLM("smollm2-135m", dtype=dtype, quantization=quant, kv_cache_memory=1, **kw)
         model = llm.engine.loaded.model
         mem = sum(t.numel() * t.element_size() for t in {id(t): t for t in
@@ -75,9 +81,9 @@ def main() -> None:
                       "model_mib": mem / 2**20}
         print(json.dumps({label: res[label]}), flush=True)
         del llm
-    base = res["bf16"]["batch1_tok_s"]
-    for label, *_ in CONFIGS:
-        res[label]["batch1_vs_bf16"] = res[label]["batch1_tok_s"] / base
+    if "bf16" in res:
+        for label in labels:
+            res[label]["batch1_vs_bf16"] = res[label]["batch1_tok_s"] / res["bf16"]["batch1_tok_s"]
     if args.quality:
         from inferd.quant.eval import evaluate
 
