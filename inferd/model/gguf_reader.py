@@ -117,7 +117,7 @@ class GGUFFile:
         if end > len(self._blob):
             raise ValueError(f"tensor {name} extends past the end of the file (truncated?)")
         raw = self._blob[offset:end]
-        if qtype.name in ("F32", "F16", "BF16") and qtype.name != "BF16":
+        if qtype.name in ("F32", "F16"):
             data = raw.view(np.float32 if qtype.name == "F32" else np.float16).reshape(shape)
         else:
             data = raw.reshape(rows, row_bytes) if len(shape) > 1 else raw.reshape(1, row_bytes)

@@ -66,9 +66,6 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     with torch.device("meta"):
         model = LlamaForCausalLM(arch, max_positions=max_len)
     model = model.to_empty(device="cpu")
-    # Buffers (RoPE tables) were created on meta; rebuild them for real.
-    model.model.layers[0].self_attn.rotary.__init__(
-        arch.head_dim, max_len, arch.rope_theta, arch.rope_scaling, arch.max_position_embeddings)
     if arch.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     try:
@@ -77,8 +74,8 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         raise ModelLoadError(str(path), str(exc)) from None
     del tensors
     model = model.to(device=device, dtype=dtype).eval()
-    rotary = model.model.layers[0].self_attn.rotary
-    rotary.cos, rotary.sin = rotary.cos.float(), rotary.sin.float()  # tables stay fp32, as HF's
+    # One table shared by every layer; built last, in fp32, on the model's device.
+    model.model.layers[0].self_attn.rotary.build_tables(device)
     report = _quantize(model, cfg, arch, reader if path.is_file() else None, path)
     tokenizer = Tokenizer(hf_tok, arch)
     return LoadedModel(model, arch, tokenizer, path, dtype, device, max_len, time.perf_counter() - start,

@@ -74,12 +74,20 @@ class RotaryEmbedding(torch.nn.Module):
     def __init__(self, head_dim: int, max_positions: int, base: float, scaling: dict | None,
                  orig_max_pos: int):
         super().__init__()
+        self._params = (head_dim, max_positions, base, scaling, orig_max_pos)
+        self.register_buffer("cos", torch.empty(0), persistent=False)
+        self.register_buffer("sin", torch.empty(0), persistent=False)
+        self.build_tables()
+
+    def build_tables(self, device: torch.device | str | None = None) -> None:
+        """(Re)compute the fp32 tables, e.g. after the model was built on the meta device or cast
+        to a half dtype: they stay fp32 and are cast per call, as HF does."""
+        head_dim, max_positions, base, scaling, orig_max_pos = self._params
         inv_freq, attn_scale = rope_inv_freq(head_dim, base, scaling, orig_max_pos)
-        pos = torch.arange(max_positions, dtype=torch.float32)
-        freqs = pos[:, None] * inv_freq[None, :]
+        freqs = torch.arange(max_positions, dtype=torch.float32)[:, None] * inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
-        self.register_buffer("cos", emb.cos() * attn_scale, persistent=False)
-        self.register_buffer("sin", emb.sin() * attn_scale, persistent=False)
+        self.cos = (emb.cos() * attn_scale).to(device) if device is not None else emb.cos() * attn_scale
+        self.sin = (emb.sin() * attn_scale).to(device) if device is not None else emb.sin() * attn_scale
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
