@@ -17,6 +17,7 @@ from inferd.engine.sampler import SampleResult, sample, top_logprobs
 from inferd.engine.scheduler import SchedulerOutput
 from inferd.engine.sequence import Sequence
 from inferd.kernels.attention import AttentionMetadata
+from inferd.kernels.cpu_linear import pack_linears
 from inferd.kernels.kv_quant import QuantizedKV
 from inferd.model.loader import LoadedModel
 
@@ -62,6 +63,7 @@ class ModelRunner:
         self.loaded = loaded
         self.model = loaded.model
         self.device = loaded.device
+        pack_linears(self.model)  # CPU float layers only; idempotent (packed layers are skipped)
         self.block_size = cache.block_size
         self.num_blocks = num_blocks
         a = loaded.arch

@@ -8,7 +8,7 @@ The CPU path (here) is plain torch; the CUDA path lives in `attention_triton.py`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -36,10 +36,28 @@ class AttentionMetadata:
     max_seq_len: int
     num_decodes: int  # the first num_decodes sequences have query_len == 1
     sliding_window: int | None = None
+    _decode_groups: list[DecodeGroup] | None = field(default=None, repr=False)
 
     @property
     def num_seqs(self) -> int:
         return len(self.seq_lens)
+
+    def decode_groups(self) -> list[DecodeGroup]:
+        """The decode rows' gather plan: built by the first layer, reused by every other."""
+        if self._decode_groups is None:
+            self._decode_groups = _plan_decode(self)
+        return self._decode_groups
+
+
+@dataclass
+class DecodeGroup:
+    """Decode rows sharing one padded context length, attended in one batched call."""
+
+    rows: torch.Tensor | None  # indices among the decode rows; None = all of them, in order
+    slots: torch.Tensor  # [n * padded] flat cache slots of each row's padded context
+    hide: torch.Tensor  # [n, 1, 1, padded] True where a position is masked out
+    keep: torch.Tensor  # ~hide, the form SDPA takes
+    padded: int
 
 
 def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: KVStore, v_cache: KVStore,
@@ -72,15 +90,21 @@ def _context_slots(block_table: torch.Tensor, length: int, block_size: int) -> t
 
 def paged_attention(q: torch.Tensor, k_cache: KVStore, v_cache: KVStore,
                     meta: AttentionMetadata, scale: float) -> torch.Tensor:
-    """q: [T, Hq, D] -> [T, Hq, D]. Keys/values for this step must already be written."""
+    """q: [T, Hq, D] -> [T, Hq, D]. Keys/values for this step must already be written.
+
+    Rows past the last sequence (padding) come out as zeros.
+    """
     if q.is_cuda and not isinstance(k_cache, QuantizedKV):
         from inferd.kernels.attention_triton import paged_attention_cuda
 
         return paged_attention_cuda(q, k_cache, v_cache, meta, scale)
+    nd = meta.num_decodes
+    if nd == meta.num_seqs:  # decode-only step: no per-sequence loop, no output scatter
+        out = _decode_attention(q[:nd], k_cache, v_cache, meta, scale)
+        return out if nd == q.shape[0] else torch.nn.functional.pad(out, (0, 0, 0, 0, 0, q.shape[0] - nd))
     # Zeros, not empty: padding rows must stay finite, since their K/V land in the null block
     # that masked-out positions of other sequences read (0 * NaN would poison them).
     out = torch.zeros_like(q)
-    nd = meta.num_decodes
     if nd:
         out[:nd] = _decode_attention(q[:nd], k_cache, v_cache, meta, scale)
     for s in range(nd, meta.num_seqs):
@@ -110,51 +134,56 @@ def _gqa_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.T
 DECODE_BUCKET = 64
 
 
-def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                      meta: AttentionMetadata, scale: float) -> torch.Tensor:
-    """All single-token queries, grouped by padded context length; one batched call per group."""
-    nd = q.shape[0]
-    out = torch.empty_like(q)
+def _plan_decode(meta: AttentionMetadata) -> list[DecodeGroup]:
+    """Group the decode rows by padded context length and precompute their slots and masks."""
+    nd = meta.num_decodes
     buckets: dict[int, list[int]] = {}
     for i, n in enumerate(meta.seq_lens[:nd]):
         buckets.setdefault(-(-n // DECODE_BUCKET) * DECODE_BUCKET, []).append(i)
+    groups = []
+    device = meta.block_tables.device
     for padded, rows in buckets.items():
-        idx = torch.tensor(rows, device=q.device) if len(rows) < nd else None
-        sub_q = q if idx is None else q[idx]
+        idx = torch.tensor(rows, device=device) if len(rows) < nd else None
         tables = meta.block_tables[:nd] if idx is None else meta.block_tables[idx]
         lens = meta.seq_lens_t[:nd] if idx is None else meta.seq_lens_t[idx]
-        res = _decode_group(sub_q, k_cache, v_cache, tables, lens, padded, meta, scale)
-        if idx is None:
-            out = res
-        else:
-            out[idx] = res
+        width = tables.shape[1] * meta.block_size
+        if width < padded:  # tables are only as wide as the longest sequence needs
+            tables = torch.nn.functional.pad(tables, (0, -(-(padded - width) // meta.block_size)))
+        pos = torch.arange(padded, device=device)
+        hide = pos[None, :] >= lens[:, None]
+        if meta.sliding_window is not None:
+            hide |= pos[None, :] < (lens[:, None] - meta.sliding_window)
+        hide = hide[:, None, None, :]
+        groups.append(DecodeGroup(idx, _context_slots(tables, padded, meta.block_size).reshape(-1),
+                                  hide, ~hide, padded))
+    return groups
+
+
+def _decode_attention(q: torch.Tensor, k_cache: KVStore, v_cache: KVStore,
+                      meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """All single-token queries, grouped by padded context length; one batched call per group."""
+    groups = meta.decode_groups()
+    if len(groups) == 1:
+        return _decode_group(q, k_cache, v_cache, groups[0], scale)
+    out = torch.empty_like(q)
+    for g in groups:
+        out[g.rows] = _decode_group(q[g.rows], k_cache, v_cache, g, scale)
     return out
 
 
-def _decode_group(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tables: torch.Tensor,
-                  lens: torch.Tensor, padded: int, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+def _decode_group(q: torch.Tensor, k_cache: KVStore, v_cache: KVStore, group: DecodeGroup,
+                  scale: float) -> torch.Tensor:
     n, heads, head_dim = q.shape
     kv_heads = k_cache.shape[-2]
-    width = tables.shape[1] * meta.block_size
-    if width < padded:  # tables are only as wide as the longest sequence needs
-        tables = torch.nn.functional.pad(tables, (0, -(-(padded - width) // meta.block_size)))
-    slots = _context_slots(tables, padded, meta.block_size).reshape(-1)
-    k = gather_kv(k_cache, slots)
-    v = gather_kv(v_cache, slots)
-    k = k.view(n, padded, kv_heads, head_dim).transpose(1, 2)  # [n, Hk, L, D]
-    v = v.view(n, padded, kv_heads, head_dim).transpose(1, 2)
-    pos = torch.arange(padded, device=q.device)
-    hide = pos[None, :] >= lens[:, None]
-    if meta.sliding_window is not None:
-        hide |= pos[None, :] < (lens[:, None] - meta.sliding_window)
-    qg = q.view(n, kv_heads, heads // kv_heads, head_dim).to(k.dtype)
+    k = gather_kv(k_cache, group.slots).view(n, group.padded, kv_heads, head_dim).transpose(1, 2)
+    v = gather_kv(v_cache, group.slots).view(n, group.padded, kv_heads, head_dim).transpose(1, 2)
+    qg = q.reshape(n, kv_heads, heads // kv_heads, head_dim).to(k.dtype)  # [n, Hk, G, D]
     if q.dtype == torch.float32:
         # fp32 SDPA on CPU reduces differently depending on the batch count; explicit matmuls
         # (batch entries independent) keep results batch-invariant.
-        o = _gqa_attend(qg, k, v, hide[:, None, None, :], scale)
+        o = _gqa_attend(qg, k, v, group.hide, scale)
     else:
-        o = torch.nn.functional.scaled_dot_product_attention(qg, k, v, attn_mask=~hide[:, None, None, :],
-                                                             scale=scale)
+        o = torch.nn.functional.scaled_dot_product_attention(qg, k, v, attn_mask=group.keep, scale=scale)
     return o.reshape(n, heads, head_dim).to(q.dtype)
 
 

@@ -75,7 +75,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     del tensors
     model = model.to(device=device, dtype=dtype).eval()
     # One table shared by every layer; built last, in fp32, on the model's device.
-    model.model.layers[0].self_attn.rotary.build_tables(device)
+    model.model.rotary.build_tables(device)
     report = _quantize(model, cfg, arch, reader if path.is_file() else None, path)
     tokenizer = Tokenizer(hf_tok, arch)
     return LoadedModel(model, arch, tokenizer, path, dtype, device, max_len, time.perf_counter() - start,

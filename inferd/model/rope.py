@@ -7,7 +7,7 @@ so that positions map to exactly the same angles as the reference.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -76,7 +76,7 @@ class RotaryEmbedding(torch.nn.Module):
         super().__init__()
         self._params = (head_dim, max_positions, base, scaling, orig_max_pos)
         self.register_buffer("cos", torch.empty(0), persistent=False)
-        self.register_buffer("sin", torch.empty(0), persistent=False)
+        self.register_buffer("sin_signed", torch.empty(0), persistent=False)
         self.build_tables()
 
     def build_tables(self, device: torch.device | str | None = None) -> None:
@@ -86,17 +86,25 @@ class RotaryEmbedding(torch.nn.Module):
         inv_freq, attn_scale = rope_inv_freq(head_dim, base, scaling, orig_max_pos)
         freqs = torch.arange(max_positions, dtype=torch.float32)[:, None] * inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
-        self.cos = (emb.cos() * attn_scale).to(device) if device is not None else emb.cos() * attn_scale
-        self.sin = (emb.sin() * attn_scale).to(device) if device is not None else emb.sin() * attn_scale
+        # rotate_half(x) * sin == swap_halves(x) * sin_signed, the first half of sin negated;
+        # negation is exact, so results are bitwise those of HF's formulation.
+        sign = torch.cat((-torch.ones(head_dim // 2), torch.ones(head_dim // 2)))
+        self.cos = (emb.cos() * attn_scale).to(device)
+        self.sin_signed = (emb.sin() * attn_scale * sign).to(device)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """q: [T, Hq, D], k: [T, Hk, D]; rotate both in the activation dtype, as HF does."""
-        cos = self.cos[positions].to(q.dtype).unsqueeze(1)
-        sin = self.sin[positions].to(q.dtype).unsqueeze(1)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> RopeTables:
+        """cos and sign-folded sin rows for these positions, [T, 1, D] in the activation dtype."""
+        return RopeTables(self.cos[positions].to(dtype).unsqueeze(1),
+                          self.sin_signed[positions].to(dtype).unsqueeze(1))
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+class RopeTables(NamedTuple):
+    cos: torch.Tensor  # [T, 1, D]
+    sin_signed: torch.Tensor  # [T, 1, D], first half negated
+
+
+def apply_rope(x: torch.Tensor, rope: RopeTables) -> torch.Tensor:
+    """Rotate x [T, H, D] (HF's rotate-half layout) by the tables' angles."""
+    t, heads, dim = x.shape
+    swapped = x.reshape(t, heads, 2, dim // 2).flip(2).reshape(t, heads, dim)
+    return x * rope.cos + swapped * rope.sin_signed

@@ -1,0 +1,62 @@
+"""Linear layers whose weights are packed once into oneDNN's blocked layout, for CPU inference.
+
+torch's plain CPU `linear` runs bf16 through a generic kernel that reaches about 20 GB/s on
+decode shapes here, and fp32 takes a slower kernel for a few rows than for one. Reordering the
+weight once for oneDNN selects its AVX-512 (BF16) kernels: measured on the bundled model's
+shapes, every GEMM of a decode step is about 1.45x faster in bf16 and 1.6-2.2x faster in fp32.
+oneDNN also computes each row the same way whatever the number of rows (two or more in fp32;
+pinned by tests), which batch-invariant greedy decoding relies on.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def packing_supported(dtype: torch.dtype, device: torch.device) -> bool:
+    """True where oneDNN has fast kernels for this dtype on this machine."""
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return dtype == torch.float32
+
+
+class PackedLinear(nn.Module):
+    """`nn.Linear` with the weight reordered for oneDNN; same results as `F.linear` (tested)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach()
+        # The batch-size hint only steers oneDNN's choice of blocking; 1 suits decode and was
+        # no slower at prefill sizes when measured.
+        self.packed_weight = nn.Parameter(torch.ops.mkldnn._reorder_linear_weight(weight, 1),
+                                          requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+
+    def unpacked_weight(self) -> torch.Tensor:
+        """The weight in `nn.Linear`'s [out, in] layout (a fresh dense copy)."""
+        return self.packed_weight.to_dense()
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def pack_linears(model: nn.Module) -> int:
+    """Swap every plain `nn.Linear` whose dtype oneDNN serves well for a `PackedLinear`, in place.
+
+    Quantized layers (other module types) are left alone. A tied output head gets its own packed
+    copy; the embedding keeps the original table for lookups. Returns how many were packed.
+    """
+    targets = [(name, m) for name, m in model.named_modules()
+               if type(m) is nn.Linear and packing_supported(m.weight.dtype, m.weight.device)]
+    for name, linear in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, PackedLinear(linear))
+    return len(targets)
