@@ -54,7 +54,7 @@ class DecodeGroup:
     """Decode rows sharing one padded context length, attended in one batched call."""
 
     rows: torch.Tensor | None  # indices among the decode rows; None = all of them, in order
-    slots: torch.Tensor  # [n * padded] flat cache slots of each row's padded context
+    block_ids: torch.Tensor  # [n * padded / block_size] the blocks holding each row's padded context
     hide: torch.Tensor  # [n, 1, 1, padded] True where a position is masked out
     keep: torch.Tensor  # ~hide, the form SDPA takes
     padded: int
@@ -78,6 +78,14 @@ def gather_kv(cache: KVStore, slots: torch.Tensor) -> torch.Tensor:
         return cache.gather(slots)
     kv_heads, head_dim = cache.shape[-2:]
     return torch.index_select(cache.view(-1, kv_heads, head_dim), 0, slots)
+
+
+def gather_kv_blocks(cache: KVStore, block_ids: torch.Tensor) -> torch.Tensor:
+    """Whole blocks [N] -> [N * block_size, Hk, D]: far cheaper than gathering slot by slot."""
+    if isinstance(cache, QuantizedKV):
+        return cache.gather_blocks(block_ids)
+    kv_heads, head_dim = cache.shape[-2:]
+    return torch.index_select(cache, 0, block_ids).view(-1, kv_heads, head_dim)
 
 
 def _context_slots(block_table: torch.Tensor, length: int, block_size: int) -> torch.Tensor:
@@ -137,9 +145,10 @@ DECODE_BUCKET = 64
 def _plan_decode(meta: AttentionMetadata) -> list[DecodeGroup]:
     """Group the decode rows by padded context length and precompute their slots and masks."""
     nd = meta.num_decodes
+    bucket = -(-DECODE_BUCKET // meta.block_size) * meta.block_size  # whole blocks per bucket
     buckets: dict[int, list[int]] = {}
     for i, n in enumerate(meta.seq_lens[:nd]):
-        buckets.setdefault(-(-n // DECODE_BUCKET) * DECODE_BUCKET, []).append(i)
+        buckets.setdefault(-(-n // bucket) * bucket, []).append(i)
     groups = []
     device = meta.block_tables.device
     for padded, rows in buckets.items():
@@ -154,8 +163,8 @@ def _plan_decode(meta: AttentionMetadata) -> list[DecodeGroup]:
         if meta.sliding_window is not None:
             hide |= pos[None, :] < (lens[:, None] - meta.sliding_window)
         hide = hide[:, None, None, :]
-        groups.append(DecodeGroup(idx, _context_slots(tables, padded, meta.block_size).reshape(-1),
-                                  hide, ~hide, padded))
+        block_ids = tables[:, :padded // meta.block_size].reshape(-1)
+        groups.append(DecodeGroup(idx, block_ids, hide, ~hide, padded))
     return groups
 
 
@@ -175,8 +184,8 @@ def _decode_group(q: torch.Tensor, k_cache: KVStore, v_cache: KVStore, group: De
                   scale: float) -> torch.Tensor:
     n, heads, head_dim = q.shape
     kv_heads = k_cache.shape[-2]
-    k = gather_kv(k_cache, group.slots).view(n, group.padded, kv_heads, head_dim).transpose(1, 2)
-    v = gather_kv(v_cache, group.slots).view(n, group.padded, kv_heads, head_dim).transpose(1, 2)
+    k = gather_kv_blocks(k_cache, group.block_ids).view(n, group.padded, kv_heads, head_dim).transpose(1, 2)
+    v = gather_kv_blocks(v_cache, group.block_ids).view(n, group.padded, kv_heads, head_dim).transpose(1, 2)
     qg = q.reshape(n, kv_heads, heads // kv_heads, head_dim).to(k.dtype)  # [n, Hk, G, D]
     if q.dtype == torch.float32:
         # fp32 SDPA on CPU reduces differently depending on the batch count; explicit matmuls

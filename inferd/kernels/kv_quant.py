@@ -55,3 +55,10 @@ class QuantizedKV:
         codes = torch.index_select(self.data.view(-1, kv_heads, head_dim), 0, slots).view(self.qdtype)
         scale = torch.index_select(self.scale.view(-1, kv_heads), 0, slots)
         return (codes.float() * scale[..., None]).to(self.out_dtype)
+
+    def gather_blocks(self, block_ids: torch.Tensor) -> torch.Tensor:
+        """Whole blocks, dequantized: [len(block_ids) * block_size, Hk, D] in the activation dtype."""
+        kv_heads, head_dim = self.data.shape[-2:]
+        codes = torch.index_select(self.data, 0, block_ids).view(self.qdtype).view(-1, kv_heads, head_dim)
+        scale = torch.index_select(self.scale, 0, block_ids).view(-1, kv_heads)
+        return (codes.float() * scale[..., None]).to(self.out_dtype)

@@ -12,24 +12,24 @@ BLOCK = 16
 
 
 def build_case(device: str, dtype: torch.dtype, q_lens: list[int], ctx_lens: list[int], heads=8,
-               kv_heads=2, head_dim=64, window=None, seed=0):
+               kv_heads=2, head_dim=64, window=None, seed=0, block=BLOCK):
     """Random sequences laid out in shuffled blocks; returns everything the kernels and the
     reference need. Sequences with q_len == 1 must come first (decode-first convention)."""
     g = torch.Generator().manual_seed(seed)
-    num_blocks = sum(-(-n // BLOCK) for n in ctx_lens) + 4
+    num_blocks = sum(-(-n // block) for n in ctx_lens) + 4
     perm = (torch.randperm(num_blocks - 1, generator=g) + 1).tolist()
-    k_cache = torch.zeros(num_blocks, BLOCK, kv_heads, head_dim, dtype=dtype, device=device)
+    k_cache = torch.zeros(num_blocks, block, kv_heads, head_dim, dtype=dtype, device=device)
     v_cache = torch.zeros_like(k_cache)
     tables, slots, keys, vals, qs = [], [], [], [], []
     for q_len, n in zip(q_lens, ctx_lens, strict=True):
-        blocks = [perm.pop() for _ in range(-(-n // BLOCK))]
+        blocks = [perm.pop() for _ in range(-(-n // block))]
         tables.append(blocks)
         k = torch.randn(n, kv_heads, head_dim, generator=g).to(dtype)
         v = torch.randn(n, kv_heads, head_dim, generator=g).to(dtype)
         keys.append(k)
         vals.append(v)
         pos = torch.arange(n)
-        slot = torch.tensor(blocks)[pos // BLOCK] * BLOCK + pos % BLOCK
+        slot = torch.tensor(blocks)[pos // block] * block + pos % block
         # Cached prefix written directly; this step's tokens are written by write_kv below.
         k_cache.view(-1, kv_heads, head_dim)[slot[:n - q_len].to(device)] = k[:n - q_len].to(device)
         v_cache.view(-1, kv_heads, head_dim)[slot[:n - q_len].to(device)] = v[:n - q_len].to(device)
@@ -43,7 +43,7 @@ def build_case(device: str, dtype: torch.dtype, q_lens: list[int], ctx_lens: lis
         slot_mapping=torch.cat(slots).to(device),
         block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], device=device),
         seq_lens=ctx_lens, query_lens=q_lens, seq_lens_t=torch.tensor(ctx_lens, device=device),
-        query_start=starts, block_size=BLOCK, max_seq_len=max(ctx_lens),
+        query_start=starts, block_size=block, max_seq_len=max(ctx_lens),
         num_decodes=sum(1 for q in q_lens if q == 1), sliding_window=window)
     new_k = torch.cat([k[n - q:] for k, q, n in zip(keys, q_lens, ctx_lens, strict=True)]).to(device)
     new_v = torch.cat([v[n - q:] for v, q, n in zip(vals, q_lens, ctx_lens, strict=True)]).to(device)
@@ -85,6 +85,17 @@ def test_cpu_paged_attention_matches_dense_reference(q_lens, ctx_lens, window, d
     out = paged_attention(q, kc, vc, meta, 0.125)
     ref = reference(qs, keys, vals, 0.125, window)
     assert (out.double() - ref).abs().max().item() < bound
+
+
+@pytest.mark.parametrize("block", [8, 32, 48, 128])
+@pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_cpu_decode_any_block_size_and_padding_rows(block, dtype, bound):
+    """Decode buckets are whole blocks for any block size; rows past the last sequence are zeros."""
+    q, kc, vc, meta, keys, vals, qs = build_case("cpu", dtype, [1] * 4, [3, 64, 65, 200], block=block)
+    padded_q = torch.cat([q, torch.randn(3, *q.shape[1:]).to(dtype)])
+    out = paged_attention(padded_q, kc, vc, meta, 0.125)
+    assert (out[:4].double() - reference(qs, keys, vals, 0.125)).abs().max().item() < bound
+    assert torch.equal(out[4:], torch.zeros_like(out[4:]))
 
 
 @pytest.mark.gpu
