@@ -184,16 +184,33 @@ def _decode_group(q: torch.Tensor, k_cache: KVStore, v_cache: KVStore, group: De
                   scale: float) -> torch.Tensor:
     n, heads, head_dim = q.shape
     kv_heads = k_cache.shape[-2]
-    k = gather_kv_blocks(k_cache, group.block_ids).view(n, group.padded, kv_heads, head_dim).transpose(1, 2)
-    v = gather_kv_blocks(v_cache, group.block_ids).view(n, group.padded, kv_heads, head_dim).transpose(1, 2)
+    k = gather_kv_blocks(k_cache, group.block_ids).view(n, group.padded, kv_heads, head_dim)
+    v = gather_kv_blocks(v_cache, group.block_ids).view(n, group.padded, kv_heads, head_dim)
     qg = q.reshape(n, kv_heads, heads // kv_heads, head_dim).to(k.dtype)  # [n, Hk, G, D]
     if q.dtype == torch.float32:
-        # fp32 SDPA on CPU reduces differently depending on the batch count; explicit matmuls
-        # (batch entries independent) keep results batch-invariant.
-        o = _gqa_attend(qg, k, v, group.hide, scale)
+        o = _decode_attend_per_head(qg, k, v, group.hide, scale)
     else:
-        o = torch.nn.functional.scaled_dot_product_attention(qg, k, v, attn_mask=group.keep, scale=scale)
+        o = torch.nn.functional.scaled_dot_product_attention(qg, k.transpose(1, 2), v.transpose(1, 2),
+                                                             attn_mask=group.keep, scale=scale)
     return o.reshape(n, heads, head_dim).to(q.dtype)
+
+
+def _decode_attend_per_head(qg: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hide: torch.Tensor,
+                            scale: float) -> torch.Tensor:
+    """qg [n, Hk, G, D]; k, v [n, L, Hk, D] as gathered -> [n, Hk, G, D].
+
+    fp32 SDPA on CPU reduces differently depending on the batch count, so fp32 uses explicit
+    batched matmuls (batch entries independent: batch-invariant). One kv head at a time keeps
+    every operand a plain strided matrix, which BLAS takes as it is; a [n, Hk, L, D] view would
+    make matmul copy all of K and V first (10 ms a step at batch 32).
+    """
+    mask = hide[:, 0]  # [n, 1, L]
+    outs = []
+    for h in range(k.shape[2]):
+        scores = torch.matmul(qg[:, h], k[:, :, h].transpose(1, 2)) * scale  # [n, G, L]
+        scores.masked_fill_(mask, float("-inf"))
+        outs.append(torch.matmul(torch.softmax(scores, dim=-1), v[:, :, h]))
+    return torch.stack(outs, dim=1)
 
 
 def _prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
