@@ -39,10 +39,6 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
 
-    def unpacked_weight(self) -> torch.Tensor:
-        """The weight in `nn.Linear`'s [out, in] layout (a fresh dense copy)."""
-        return self.packed_weight.to_dense()
-
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
