@@ -17,6 +17,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(params=[True, False], ids=["fused-cpu", "torch-ops"])
+def cpu_kernels(request, monkeypatch) -> bool:
+    """Run a test through the fused CPU kernels and again through the plain-torch fallback
+    (what runs where no compiler is available, or with INFERD_NATIVE_CPU=0)."""
+    from inferd.kernels import cpu_ops
+
+    if request.param:
+        assert cpu_ops.available()
+    else:
+        monkeypatch.setattr(cpu_ops, "usable", lambda *tensors: False)
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def bundled_gguf() -> Path:
     from inferd.model.registry import resolve_model_path

@@ -16,6 +16,7 @@ from inferd.config import CacheConfig
 from inferd.engine.sampler import SampleResult, sample, top_logprobs
 from inferd.engine.scheduler import SchedulerOutput
 from inferd.engine.sequence import Sequence
+from inferd.kernels import cpu_ops
 from inferd.kernels.attention import AttentionMetadata
 from inferd.kernels.cpu_linear import pack_linears
 from inferd.kernels.kv_quant import QuantizedKV
@@ -64,6 +65,8 @@ class ModelRunner:
         self.model = loaded.model
         self.device = loaded.device
         pack_linears(self.model)  # CPU float layers only; idempotent (packed layers are skipped)
+        if self.device.type == "cpu":
+            cpu_ops.available()  # build or load the fused kernels now, not during the first request
         self.block_size = cache.block_size
         self.num_blocks = num_blocks
         a = loaded.arch

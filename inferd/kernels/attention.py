@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from inferd.kernels import cpu_ops
 from inferd.kernels.kv_quant import QuantizedKV
 
 KVStore = torch.Tensor | QuantizedKV  # one layer's keys (or values), plain or quantized
@@ -107,20 +108,39 @@ def paged_attention(q: torch.Tensor, k_cache: KVStore, v_cache: KVStore,
 
         return paged_attention_cuda(q, k_cache, v_cache, meta, scale)
     nd = meta.num_decodes
-    if nd == meta.num_seqs:  # decode-only step: no per-sequence loop, no output scatter
+    native = nd > 0 and native_decode_supported(q, k_cache)
+    if nd == meta.num_seqs and not native:  # decode-only: no per-sequence loop, no scatter
         out = _decode_attention(q[:nd], k_cache, v_cache, meta, scale)
         return out if nd == q.shape[0] else torch.nn.functional.pad(out, (0, 0, 0, 0, 0, q.shape[0] - nd))
     # Zeros, not empty: padding rows must stay finite, since their K/V land in the null block
     # that masked-out positions of other sequences read (0 * NaN would poison them).
-    out = torch.zeros_like(q)
-    if nd:
-        out[:nd] = _decode_attention(q[:nd], k_cache, v_cache, meta, scale)
+    if native:
+        out = torch.empty_like(q)
+        out[meta.query_start[-1]:].zero_()
+        cpu_ops.ops().decode_attention(out[:nd], q[:nd], k_cache, v_cache, meta.block_tables,
+                                       meta.seq_lens_t, scale, meta.sliding_window or 0)
+    else:
+        out = torch.zeros_like(q)
+        if nd:
+            out[:nd] = _decode_attention(q[:nd], k_cache, v_cache, meta, scale)
     for s in range(nd, meta.num_seqs):
         lo, hi = meta.query_start[s], meta.query_start[s + 1]
         out[lo:hi] = _prefill_attention(q[lo:hi], k_cache, v_cache, meta.block_tables[s],
                                         meta.seq_lens[s], meta.block_size, scale,
                                         meta.sliding_window)
     return out
+
+
+def native_decode_supported(q: torch.Tensor, k_cache: KVStore) -> bool:
+    """Whether the fused CPU kernel serves these decode rows: plain cache in q's dtype and a
+    head layout it is compiled for; otherwise the gather + SDPA path below runs."""
+    heads, head_dim = q.shape[1:]
+    return (isinstance(k_cache, torch.Tensor) and k_cache.dtype == q.dtype
+            and head_dim in NATIVE_HEAD_DIMS and 1 <= heads // k_cache.shape[-2] <= 8
+            and cpu_ops.usable(q))
+
+
+NATIVE_HEAD_DIMS = (8, 16, 32, 64, 128, 256)  # the head sizes csrc/cpu_ops.cpp is compiled for
 
 
 def _gqa_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,

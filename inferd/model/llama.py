@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from inferd.kernels import cpu_ops
 from inferd.kernels.attention import AttentionMetadata, paged_attention, write_kv
 from inferd.model.arch import ArchConfig
 from inferd.model.rope import RopeTables, RotaryEmbedding, apply_rope
@@ -26,10 +27,26 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        if fused:
+            out = torch.empty_like(x)
+            cpu_ops.ops().rms_norm(out, x, self.weight, self.eps)
+            return out
         if x.dtype == torch.float32:  # one fused op; same math as the half path without casts
             return torch.rms_norm(x, self.weight.shape, self.weight, self.eps)
         return self.weight * torch.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
+
+    def add_forward(self, x: torch.Tensor, residual: torch.Tensor, fused: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + residual), x + residual): the residual add and the next norm in one pass.
+
+        The fused kernel works in place (x and residual are this step's own activations).
+        """
+        if fused:
+            cpu_ops.ops().add_rms_norm(x, residual, self.weight, self.eps)
+            return x, residual
+        residual = residual + x
+        return self(residual), residual
 
 
 class Attention(nn.Module):
@@ -42,9 +59,14 @@ class Attention(nn.Module):
         self.scale = self.head_dim ** -0.5
 
     def forward(self, rope: RopeTables, x: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor],
-                meta: AttentionMetadata) -> torch.Tensor:
+                meta: AttentionMetadata, fused: bool = False) -> torch.Tensor:
         t = x.shape[0]
         qkv = self.qkv_proj(x)
+        if fused and isinstance(kv_cache[0], torch.Tensor) and kv_cache[0].dtype == qkv.dtype:
+            q = cpu_ops.ops().rope_write_kv(qkv, rope.cos, rope.sin_signed, kv_cache[0], kv_cache[1],
+                                            meta.slot_mapping, self.num_heads)
+            out = paged_attention(q, kv_cache[0], kv_cache[1], meta, self.scale)
+            return self.o_proj(out.view(t, self.q_size))
         # q and k are rotated together: one set of elementwise ops instead of two.
         qk = apply_rope(qkv[:, :self.q_size + self.kv_size].view(t, self.num_heads + self.num_kv_heads,
                                                                   self.head_dim), rope)
@@ -62,7 +84,9 @@ class MLP(nn.Module):
         self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        if fused:
+            return self.down_proj(cpu_ops.ops().silu_and_mul(self.gate_up_proj(x)))
         gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
         return self.down_proj(nn.functional.silu(gate) * up)
 
@@ -75,10 +99,18 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, rope: RopeTables, x: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor],
-                meta: AttentionMetadata) -> torch.Tensor:
-        x = x + self.self_attn(rope, self.input_layernorm(x), kv_cache, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, rope: RopeTables, x: torch.Tensor, residual: torch.Tensor | None,
+                kv_cache: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata,
+                fused: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this layer's MLP output, the residual stream before it), as vLLM's layers do, so each
+        residual add happens inside the next norm; residual None means x is the embedding."""
+        if residual is None:
+            residual, x = x, self.input_layernorm(x, fused)
+        else:
+            x, residual = self.input_layernorm.add_forward(x, residual, fused)
+        x = self.self_attn(rope, x, kv_cache, meta, fused)
+        x, residual = self.post_attention_layernorm.add_forward(x, residual, fused)
+        return self.mlp(x, fused), residual
 
 
 class Backbone(nn.Module):
@@ -107,9 +139,11 @@ class LlamaForCausalLM(nn.Module):
         """Return final hidden states [T, hidden] for every token of the flat batch."""
         x = self.model.embed_tokens(input_ids)
         rope = self.model.rotary.tables(positions, x.dtype)  # once per step, shared by every layer
+        fused = cpu_ops.usable(x)  # the fused CPU kernels, decided once per step
+        residual = None
         for layer, kv in zip(self.model.layers, kv_caches, strict=True):
-            x = layer(rope, x, kv, meta)
-        return self.model.norm(x)
+            x, residual = layer(rope, x, residual, kv, meta, fused)
+        return self.model.norm.add_forward(x, residual, fused)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits in fp32 for the rows the sampler needs (usually one per sequence)."""

@@ -80,7 +80,7 @@ CASES = [
 @pytest.mark.parametrize("q_lens,ctx_lens", CASES + [([1] * 5, [3, 64, 65, 130, 200])])
 @pytest.mark.parametrize("window", [None, 8])
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
-def test_cpu_paged_attention_matches_dense_reference(q_lens, ctx_lens, window, dtype, bound):
+def test_cpu_paged_attention_matches_dense_reference(q_lens, ctx_lens, window, dtype, bound, cpu_kernels):
     q, kc, vc, meta, keys, vals, qs = build_case("cpu", dtype, q_lens, ctx_lens, window=window)
     out = paged_attention(q, kc, vc, meta, 0.125)
     ref = reference(qs, keys, vals, 0.125, window)
@@ -89,7 +89,7 @@ def test_cpu_paged_attention_matches_dense_reference(q_lens, ctx_lens, window, d
 
 @pytest.mark.parametrize("block", [8, 32, 48, 128])
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
-def test_cpu_decode_any_block_size_and_padding_rows(block, dtype, bound):
+def test_cpu_decode_any_block_size_and_padding_rows(block, dtype, bound, cpu_kernels):
     """Decode buckets are whole blocks for any block size; rows past the last sequence are zeros."""
     q, kc, vc, meta, keys, vals, qs = build_case("cpu", dtype, [1] * 4, [3, 64, 65, 200], block=block)
     padded_q = torch.cat([q, torch.randn(3, *q.shape[1:]).to(dtype)])

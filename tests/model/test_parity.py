@@ -52,7 +52,7 @@ def check_parity(path, bound: float, greedy_tokens: int = 64) -> float:
 
 
 @pytest.mark.parametrize("arch_fixture", ["tiny_llama", "tiny_qwen2", "tiny_mistral"])
-def test_tiny_checkpoints_match_transformers(arch_fixture, request):
+def test_tiny_checkpoints_match_transformers(arch_fixture, request, cpu_kernels):
     check_parity(request.getfixturevalue(arch_fixture), TINY_BOUND)
 
 
