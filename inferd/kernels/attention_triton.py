@@ -54,7 +54,7 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, lens_ptr, sca
     tl.store(out_ptr + seq * stride_ot + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty))
 
 
-def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+def paged_paged_attention_rows(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
                            sliding_window: int | None = None) -> torch.Tensor:
     """q: [S, Hq, D] (one query per sequence) -> [S, Hq, D]."""
@@ -75,7 +75,7 @@ def paged_attention_cuda(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     out = torch.empty_like(q)
     nd = meta.num_decodes
     if nd:
-        out[:nd] = paged_decode_attention(q[:nd], k_cache, v_cache, meta.block_tables[:nd],
+        out[:nd] = paged_paged_attention_rows(q[:nd], k_cache, v_cache, meta.block_tables[:nd],
                                           meta.seq_lens_t[:nd], scale, meta.sliding_window)
     kv_heads, head_dim = k_cache.shape[-2:]
     for s in range(nd, meta.num_seqs):

@@ -119,37 +119,37 @@ def _decode_case(dtype, lens, heads, kv_heads, dim, block, seed=0):
 @pytest.mark.parametrize("heads,kv_heads,dim,block", [
     (9, 3, 64, 16), (8, 1, 128, 32), (4, 4, 32, 8), (6, 2, 8, 16), (16, 2, 64, 24), (2, 2, 256, 16)])
 @pytest.mark.parametrize("window", [None, 20])
-def test_decode_attention_matches_dense_reference(dtype, bound, heads, kv_heads, dim, block, window):
+def test_paged_attention_rows_matches_dense_reference(dtype, bound, heads, kv_heads, dim, block, window):
     lens = [1, 15, 16, 17, 40, 130]
     q, kc, vc, tables, seq_lens, keys, vals = _decode_case(dtype, lens, heads, kv_heads, dim, block)
     out = torch.empty_like(q)
     scale = dim ** -0.5
-    cpu_ops.ops().decode_attention(out, q, kc, vc, tables, seq_lens, scale, window or 0)
+    cpu_ops.ops().paged_attention_rows(out, q, kc, vc, tables, seq_lens, scale, window or 0)
     ref = reference([q[i:i + 1] for i in range(len(lens))], keys, vals, scale, window)
     assert (out.double() - ref).abs().max().item() < bound
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_decode_attention_rows_do_not_depend_on_batch_companions(dtype):
+def test_paged_attention_rows_do_not_depend_on_batch_companions(dtype):
     """Small batches split work by kv head, large ones by sequence: results must be bitwise equal."""
     lens = [37, 200, 5, 64] * 4
     q, kc, vc, tables, seq_lens, _, _ = _decode_case(dtype, lens, 9, 3, 64, 16, seed=3)
     together = torch.empty_like(q)
-    cpu_ops.ops().decode_attention(together, q, kc, vc, tables, seq_lens, 0.125, 0)
+    cpu_ops.ops().paged_attention_rows(together, q, kc, vc, tables, seq_lens, 0.125, 0)
     for i in range(len(lens)):
         alone = torch.empty_like(q[i:i + 1])
-        cpu_ops.ops().decode_attention(alone, q[i:i + 1], kc, vc, tables[i:i + 1], seq_lens[i:i + 1], 0.125, 0)
+        cpu_ops.ops().paged_attention_rows(alone, q[i:i + 1], kc, vc, tables[i:i + 1], seq_lens[i:i + 1], 0.125, 0)
         assert torch.equal(alone, together[i:i + 1])
 
 
-def test_decode_attention_rejects_bad_tables_instead_of_reading_wild_memory():
+def test_paged_attention_rows_rejects_bad_tables_instead_of_reading_wild_memory():
     q, kc, vc, tables, seq_lens, _, _ = _decode_case(torch.float32, [20, 30], 4, 2, 64, 16)
     out = torch.empty_like(q)
     bad = tables.clone()
     bad[1, 0] = kc.shape[0] + 5
     with pytest.raises(RuntimeError, match="outside the cache"):
-        cpu_ops.ops().decode_attention(out, q, kc, vc, bad, seq_lens, 0.125, 0)
+        cpu_ops.ops().paged_attention_rows(out, q, kc, vc, bad, seq_lens, 0.125, 0)
     with pytest.raises(RuntimeError, match="block table holds"):
-        cpu_ops.ops().decode_attention(out, q, kc, vc, tables, torch.tensor([20, 999]), 0.125, 0)
+        cpu_ops.ops().paged_attention_rows(out, q, kc, vc, tables, torch.tensor([20, 999]), 0.125, 0)
     with pytest.raises(RuntimeError, match="only float32 and bfloat16"):
-        cpu_ops.ops().decode_attention(out.half(), q.half(), kc.half(), vc.half(), tables, seq_lens, 0.125, 0)
+        cpu_ops.ops().paged_attention_rows(out.half(), q.half(), kc.half(), vc.half(), tables, seq_lens, 0.125, 0)

@@ -8,7 +8,8 @@
 //   rms_norm          out = rmsnorm(x) * weight
 //   silu_and_mul      out = silu(gate) * up                                 from [T, 2I]
 //   rope_write_kv     rotate q and k, store k and v into their paged-cache slots, return q
-//   decode_attention  one query row per sequence, reading K/V in place through block tables
+//   paged_attention_rows  each query row over its own sequence prefix, K/V read in place
+//                         through its block table (decode rows, and prefill rows causally)
 // Registered as torch.ops.inferd_cpu.*; inferd/kernels/cpu_ops.py builds and loads this file.
 
 #include <ATen/Parallel.h>
@@ -427,7 +428,7 @@ void attend_heads(const T* q, const T* k_cache, const T* v_cache, const int64_t*
 }
 
 template <typename T, int D>
-void decode_attention_impl(Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+void paged_attention_rows_impl(Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                            const Tensor& block_tables, const Tensor& seq_lens, double scale,
                            int64_t sliding_window) {
   const int64_t n = q.size(0), heads = q.size(1), kv_heads = k_cache.size(2);
@@ -436,12 +437,12 @@ void decode_attention_impl(Tensor& out, const Tensor& q, const Tensor& k_cache, 
   const int64_t* tables = block_tables.const_data_ptr<int64_t>();
   const int64_t* lens = seq_lens.const_data_ptr<int64_t>();
   for (int64_t s = 0; s < n; ++s) {
-    TORCH_CHECK(lens[s] >= 1 && lens[s] <= width * block_size, "decode_attention: sequence ", s,
+    TORCH_CHECK(lens[s] >= 1 && lens[s] <= width * block_size, "paged_attention_rows: sequence ", s,
                 " has length ", lens[s], " but its block table holds ", width * block_size, " slots");
     const int64_t used = (lens[s] + block_size - 1) / block_size;
     for (int64_t b = 0; b < used; ++b) {
       const int64_t id = tables[s * width + b];
-      TORCH_CHECK(id >= 0 && id < num_blocks, "decode_attention: block id ", id, " is outside the cache");
+      TORCH_CHECK(id >= 0 && id < num_blocks, "paged_attention_rows: block id ", id, " is outside the cache");
     }
   }
   using Attend = void (*)(const T*, const T*, const T*, const int64_t*, int64_t, int64_t, int64_t,
@@ -449,7 +450,7 @@ void decode_attention_impl(Tensor& out, const Tensor& q, const Tensor& k_cache, 
   static constexpr Attend by_group[] = {attend_heads<T, D, 1>, attend_heads<T, D, 2>, attend_heads<T, D, 3>,
                                         attend_heads<T, D, 4>, attend_heads<T, D, 5>, attend_heads<T, D, 6>,
                                         attend_heads<T, D, 7>, attend_heads<T, D, 8>};
-  TORCH_CHECK(group >= 1 && group <= 8 && group * kv_heads == heads, "decode_attention: ", heads,
+  TORCH_CHECK(group >= 1 && group <= 8 && group * kv_heads == heads, "paged_attention_rows: ", heads,
               " query heads over ", kv_heads, " kv heads is not supported");
   const Attend attend = by_group[group - 1];
   // Whole sequences per task (each block read once, contiguously) when there are enough of
@@ -474,39 +475,40 @@ void decode_attention_impl(Tensor& out, const Tensor& q, const Tensor& k_cache, 
   });
 }
 
-// q [n, Hq, D] (one query row per sequence, heads contiguous); caches [blocks, bs, Hk, D];
-// block_tables [n, W] int64; seq_lens [n] int64: row s attends positions
-// [max(0, len - window), len) of its own sequence. Writes out [n, Hq, D].
-void decode_attention(Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+// q [n, Hq, D], one query row each (a decode token, or a prefill token whose len is its
+// position + 1: causal masking is implied); caches [blocks, bs, Hk, D]; block_tables [n, W]
+// int64 and seq_lens [n] int64 per row: row r attends positions [max(0, len - window), len)
+// of the sequence its table names. Writes out [n, Hq, D].
+void paged_attention_rows(Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                       const Tensor& block_tables, const Tensor& seq_lens, double scale,
                       int64_t sliding_window) {
   TORCH_CHECK(q.device().is_cpu() && q.dim() == 3 && q.stride(2) == 1 && q.stride(1) == q.size(2),
-              "decode_attention: q must be a CPU [n, heads, head_dim] tensor with contiguous rows");
+              "paged_attention_rows: q must be a CPU [n, heads, head_dim] tensor with contiguous rows");
   TORCH_CHECK(out.sizes() == q.sizes() && out.dtype() == q.dtype() && out.stride(2) == 1 &&
                   out.stride(1) == out.size(2),
-              "decode_attention: out must match q");
+              "paged_attention_rows: out must match q");
   TORCH_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous() &&
                   k_cache.sizes() == v_cache.sizes() && k_cache.dtype() == q.dtype() &&
                   v_cache.dtype() == q.dtype() && k_cache.size(3) == q.size(2),
-              "decode_attention: caches must be contiguous [blocks, block_size, kv_heads, head_dim] "
+              "paged_attention_rows: caches must be contiguous [blocks, block_size, kv_heads, head_dim] "
               "in q's dtype");
-  TORCH_CHECK(q.size(1) % k_cache.size(2) == 0, "decode_attention: heads must be a multiple of kv heads");
+  TORCH_CHECK(q.size(1) % k_cache.size(2) == 0, "paged_attention_rows: heads must be a multiple of kv heads");
   TORCH_CHECK(block_tables.scalar_type() == at::kLong && block_tables.dim() == 2 &&
                   block_tables.is_contiguous() && block_tables.size(0) >= q.size(0),
-              "decode_attention: block_tables must be contiguous int64 [n, W]");
+              "paged_attention_rows: block_tables must be contiguous int64 [n, W]");
   TORCH_CHECK(seq_lens.scalar_type() == at::kLong && seq_lens.is_contiguous() &&
                   seq_lens.numel() >= q.size(0),
-              "decode_attention: seq_lens must be contiguous int64 [n]");
-  dispatch_float(q, "decode_attention", [&](auto tag) {
+              "paged_attention_rows: seq_lens must be contiguous int64 [n]");
+  dispatch_float(q, "paged_attention_rows", [&](auto tag) {
     using T = decltype(tag);
     switch (q.size(2)) {
-      case 64: return decode_attention_impl<T, 64>(out, q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window);
-      case 128: return decode_attention_impl<T, 128>(out, q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window);
-      case 32: return decode_attention_impl<T, 32>(out, q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window);
-      case 16: return decode_attention_impl<T, 16>(out, q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window);
-      case 8: return decode_attention_impl<T, 8>(out, q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window);
-      case 256: return decode_attention_impl<T, 256>(out, q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window);
-      default: TORCH_CHECK(false, "decode_attention: head_dim ", q.size(2), " is not compiled in");
+      case 64: return paged_attention_rows_impl<T, 64>(out, q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window);
+      case 128: return paged_attention_rows_impl<T, 128>(out, q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window);
+      case 32: return paged_attention_rows_impl<T, 32>(out, q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window);
+      case 16: return paged_attention_rows_impl<T, 16>(out, q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window);
+      case 8: return paged_attention_rows_impl<T, 8>(out, q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window);
+      case 256: return paged_attention_rows_impl<T, 256>(out, q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window);
+      default: TORCH_CHECK(false, "paged_attention_rows: head_dim ", q.size(2), " is not compiled in");
     }
   });
 }
@@ -519,7 +521,7 @@ TORCH_LIBRARY(inferd_cpu, m) {
   m.def("silu_and_mul(Tensor gate_up) -> Tensor");
   m.def("rope_write_kv(Tensor qkv, Tensor cos, Tensor sin_signed, Tensor(a!) k_cache, "
         "Tensor(b!) v_cache, Tensor slots, int num_heads) -> Tensor");
-  m.def("decode_attention(Tensor(a!) out, Tensor q, Tensor k_cache, Tensor v_cache, "
+  m.def("paged_attention_rows(Tensor(a!) out, Tensor q, Tensor k_cache, Tensor v_cache, "
         "Tensor block_tables, Tensor seq_lens, float scale, int sliding_window) -> ()");
 }
 
@@ -528,5 +530,5 @@ TORCH_LIBRARY_IMPL(inferd_cpu, CPU, m) {
   m.impl("add_rms_norm", add_rms_norm);
   m.impl("silu_and_mul", silu_and_mul);
   m.impl("rope_write_kv", rope_write_kv);
-  m.impl("decode_attention", decode_attention);
+  m.impl("paged_attention_rows", paged_attention_rows);
 }
