@@ -55,11 +55,18 @@ def start(name: str, port: int, dtype: str, extra: list[str]) -> subprocess.Pope
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
 
 
-def bench(port: int, concurrency: tuple[int, ...], requests: int, workload: WorkloadConfig) -> list[dict]:
-    cfg = BenchConfig(base_url=f"http://127.0.0.1:{port}/v1", model="smollm2-135m", endpoint="completions",
-                      workload=workload, concurrency=concurrency, num_requests=requests,
-                      warmup=2, seed=0, timeout=1800, tokenizer=None)
-    return [r.summary for r in run_benchmark(cfg).runs]
+def bench(port: int, concurrency: tuple[int, ...], requests: int, workload: WorkloadConfig,
+          same_prompts: bool) -> list[dict]:
+    """One summary per concurrency level. Each level draws fresh prompts (its own seed) unless
+    same_prompts: otherwise every engine with a prompt cache (llama.cpp's slots, inferd's prefix
+    cache) would answer the later levels from what the earlier ones left behind."""
+    def cfg(levels: tuple[int, ...], seed: int) -> BenchConfig:
+        return BenchConfig(base_url=f"http://127.0.0.1:{port}/v1", model="smollm2-135m",
+                           endpoint="completions", workload=workload, concurrency=levels,
+                           num_requests=requests, warmup=2, seed=seed, timeout=1800, tokenizer=None)
+    if same_prompts:
+        return [r.summary for r in run_benchmark(cfg(concurrency, 0)).runs]
+    return [run_benchmark(cfg((c,), 1000 * i)).runs[0].summary for i, c in enumerate(concurrency)]
 
 
 def brief(s: dict) -> dict:
@@ -77,11 +84,14 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--engines", default="inferd,llama.cpp,naive")
     ap.add_argument("--inferd-args", default="", help="extra flags for `inferd serve`")
+    ap.add_argument("--same-prompts", action="store_true",
+                    help="reuse one prompt set at every level (later levels then hit prompt caches)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     conc = tuple(int(c) for c in args.concurrency.split(","))
     workload = WorkloadConfig(kind="random", input_len=args.input_len, output_len=args.output_len)
-    results: dict[str, object] = {"machine": machine(), "workload": vars(workload), "concurrency": conc}
+    results: dict[str, object] = {"machine": machine(), "workload": vars(workload), "concurrency": conc,
+                                  "same_prompts_each_level": args.same_prompts}
     for i, name in enumerate(args.engines.split(",")):
         if name == "llama.cpp" and not LLAMA_SERVER.exists():
             results[name] = "not built: run bash benchmarks/setup_peers.sh"
@@ -91,8 +101,8 @@ def main() -> None:
         try:
             wait_healthy(f"http://127.0.0.1:{port}/health", proc)
             # The naive server handles one request at a time: only concurrency 1 makes sense.
-            runs = bench(port, (1,), args.naive_requests, workload) if name == "naive" else \
-                bench(port, conc, args.requests, workload)
+            runs = bench(port, (1,), args.naive_requests, workload, args.same_prompts) if name == "naive" \
+                else bench(port, conc, args.requests, workload, args.same_prompts)
             results[name] = {f"c{c}": brief(s) for c, s in zip((1,) if name == "naive" else conc, runs,
                                                               strict=True)}
         finally:
