@@ -173,6 +173,18 @@ class Candidate:
     max_k: int  # proposals available (n-gram match length, or the cap for a draft model)
     catch_up: int = 1  # tokens the draft model must consume before its first proposal
     setup: float = 0.0  # seconds per step of one-time work (a draft prefill), amortized
+    setup_total: float = 0.0  # that one-time work in full, seconds
+    time_left: float = math.inf  # expected seconds this sequence still decodes
+
+
+# A probe may spend on one-time work (a draft catching up on a prompt) at most this share of
+# the time its sequence is still expected to run: a short request never pays for a long probe.
+PROBE_SETUP_SHARE = 0.2
+
+
+def affordable_probe(c: Candidate) -> bool:
+    """Whether exploring this candidate's acceptance is cheap next to what it could win."""
+    return c.setup_total <= PROBE_SETUP_SHARE * c.time_left
 
 
 @dataclass

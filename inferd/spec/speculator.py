@@ -11,6 +11,7 @@ acceptance. It never touches blocks of the target cache: rejected K/V lie beyond
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -27,6 +28,7 @@ from inferd.spec.adaptive import (
     Candidate,
     PlanCosts,
     StepCostModel,
+    affordable_probe,
     plan_speculation,
 )
 from inferd.spec.draft import DraftProposer
@@ -125,8 +127,9 @@ class Speculator:
                 cap = min(cap, self.draft.max_k(seq))
                 if cap > 0:
                     rate = self.tracker.rate(seq.seq_id)
-                    catch_up, setup = self._draft_catch_up(seq, rate, cap)
-                    cands.append(Candidate(seq.seq_id, rate, cap, catch_up, setup))
+                    catch_up, setup, total = self._draft_catch_up(seq, rate, cap)
+                    cands.append(Candidate(seq.seq_id, rate, cap, catch_up, setup, total,
+                                           self._time_left(seq, base_tokens)))
         plan = self._plan(cands, base_tokens, len(decoding), max_extra)
         for c in cands:
             if c.seq_id not in plan:
@@ -226,7 +229,8 @@ class Speculator:
         measured range by at most half, and probes get rarer (interval doubling), so
         exploration costs a few percent at most where speculation does not pay.
         """
-        hopeful = [replace(c, rate=self.tracker.optimistic_rate(c.seq_id)) for c in cands]
+        hopeful = [replace(c, rate=self.tracker.optimistic_rate(c.seq_id)) for c in cands
+                   if affordable_probe(c)]
         draft_cost = (None if self.draft is None
                       else (lambda n: self._draft_cost(n, optimistic=True)))
         costs = PlanCosts(lambda n: self.target_cost.estimate(n, optimistic=True), draft_cost,
@@ -239,8 +243,9 @@ class Speculator:
         new_rate = any(self.tracker.evidence(sid) < PROBE_EVIDENCE for sid in probe)
         return probe if probe and (new_size or new_rate) else {}
 
-    def _draft_catch_up(self, seq: Sequence, rate: float, cap: int) -> tuple[int, float]:
-        """Draft tokens in this step's first draft forward, and the amortized cost of the rest.
+    def _draft_catch_up(self, seq: Sequence, rate: float, cap: int) -> tuple[int, float, float]:
+        """Draft tokens in this step's first draft forward, the amortized cost of the rest, and
+        that cost in full.
 
         A long catch-up (the prompt, the first time; or what accumulated while the sequence was
         not speculated) is paid once and then serves every later step, so its cost is spread over
@@ -249,13 +254,23 @@ class Speculator:
         c = self.draft.catch_up(seq)  # type: ignore[union-attr]
         steady = 1 + self.k_max
         if c <= steady or self.target_cost.empty:  # (no plan is made without step timings)
-            return c, 0.0
-        p = seq.params
-        left = (p.max_tokens - seq.num_output_tokens if p.max_tokens is not None
-                else self.max_model_len - seq.num_tokens)
+            return c, 0.0, 0.0
         per_step = sum(rate ** j for j in range(cap + 1))  # expected tokens per speculated step
-        steps = max(1.0, min(left, AMORTIZE_MAX_TOKENS) / per_step)
-        return steady, self._draft_prefill_seconds(c - steady) / steps
+        steps = max(1.0, min(self._tokens_left(seq), AMORTIZE_MAX_TOKENS) / per_step)
+        total = self._draft_prefill_seconds(c - steady)
+        return steady, total / steps, total
+
+    def _tokens_left(self, seq: Sequence) -> int:
+        p = seq.params
+        return (p.max_tokens - seq.num_output_tokens if p.max_tokens is not None
+                else self.max_model_len - seq.num_tokens)
+
+    def _time_left(self, seq: Sequence, batch_tokens: int) -> float:
+        """Seconds the sequence should still decode at today's step time (no speculation)."""
+        if self.target_cost.empty:
+            return math.inf
+        left = min(self._tokens_left(seq), AMORTIZE_MAX_TOKENS)
+        return left * self.target_cost.estimate(batch_tokens)
 
     def _draft_prefill_seconds(self, tokens: int) -> float:
         """Time for the draft to prefill this many tokens, from the best data at hand."""

@@ -85,3 +85,15 @@ def test_plan_counts_draft_model_cost():
     assert plan_speculation(cands, 1, 1, 64, PlanCosts(target, draft=lambda n: 0.001))
     # A draft forward as expensive as the target never pays off at this acceptance.
     assert plan_speculation(cands, 1, 1, 64, PlanCosts(target, draft=target)) == {}
+
+
+def test_probes_skip_one_time_work_a_short_request_cannot_repay():
+    from inferd.spec.adaptive import PROBE_SETUP_SHARE, affordable_probe
+
+    assert affordable_probe(Candidate(0, 0.5, 4))  # nothing to catch up: always worth a look
+    long_run = Candidate(0, 0.5, 4, setup=0.001, setup_total=0.2, time_left=5.0)
+    short_run = Candidate(1, 0.5, 4, setup=0.004, setup_total=0.2, time_left=0.4)
+    assert affordable_probe(long_run)
+    assert not affordable_probe(short_run)
+    edge = Candidate(2, 0.5, 4, setup_total=PROBE_SETUP_SHARE * 2.0, time_left=2.0)
+    assert affordable_probe(edge)
