@@ -26,6 +26,7 @@ GIB = 1 << 30
 # CPU GEMMs take a different kernel for very few rows (gemv for 1 row; fp32 also for 2-3)
 # than for more, and the kernels round differently. Padding every GEMM to 4 rows keeps each
 # row's result, hence greedy output, independent of batch size (tests pin it, fp32 and bf16).
+# Quantized layers on inferd's own kernels need no padding: their rows are independent.
 MIN_ROWS_CPU = 4
 
 
@@ -72,7 +73,8 @@ class ModelRunner:
         a = loaded.arch
         self.kv_caches = [(self._kv_store(cache, num_blocks), self._kv_store(cache, num_blocks))
                           for _ in range(a.num_layers)]
-        self.min_rows = MIN_ROWS_CPU if self.device.type == "cpu" else 1
+        self.min_rows = self._min_rows(self.model.model)
+        self.min_logit_rows = self._min_rows(self.model.lm_head)
         self.eos_ids = loaded.tokenizer.eos_token_ids
 
     def _kv_store(self, cache: CacheConfig, num_blocks: int):
@@ -83,8 +85,18 @@ class ModelRunner:
         return QuantizedKV(num_blocks, cache.block_size, a.num_kv_heads, a.head_dim, cache.kv_cache_dtype,
                            self.device, self.loaded.dtype)
 
-    def _pad(self, n: int) -> int:
-        return max(0, self.min_rows - n)
+    def _min_rows(self, part: torch.nn.Module) -> int:
+        """MIN_ROWS_CPU, unless every matmul of `part` runs one of inferd's row-independent CPU
+        kernels (quantized layers at decode sizes): padding rows would then only cost time."""
+        if self.device.type != "cpu":
+            return 1
+        matmuls = [m for m in part.modules() if hasattr(m, "in_features")]
+        if cpu_ops.available() and matmuls and all(getattr(m, "rows_independent", False) for m in matmuls):
+            return 1
+        return MIN_ROWS_CPU
+
+    def _pad(self, n: int, min_rows: int | None = None) -> int:
+        return max(0, (self.min_rows if min_rows is None else min_rows) - n)
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput, spec_tokens: dict[int, list[int]] | None = None
@@ -162,7 +174,7 @@ class ModelRunner:
 
     def _logits(self, hidden: torch.Tensor, rows: list[int]) -> torch.Tensor:
         n = len(rows)
-        idx = torch.tensor(rows + [rows[-1]] * self._pad(n), device=self.device)
+        idx = torch.tensor(rows + [rows[-1]] * self._pad(n, self.min_logit_rows), device=self.device)
         return self.model.compute_logits(hidden[idx])[:n]
 
     def _sample(self, hidden, sample_rows, sample_seqs, spec_rows, prompt_lp_rows) -> StepResult:

@@ -1,7 +1,8 @@
-"""Fused CPU kernels (csrc/cpu_ops.cpp), built on first use, with plain-torch fallbacks.
+"""Fused CPU kernels (csrc/*.cpp), built on first use, with plain-torch fallbacks.
 
 A small model's CPU decode step is dominated by per-op overhead, not arithmetic: these kernels
-replace several torch ops each (see the C++ file's header). They are compiled once per machine
+replace several torch ops each (see cpu_ops.cpp's header), and quant_gemv.cpp reads quantized
+weights at memory speed for decode-sized batches. They are compiled once per machine
 with the system C++ compiler through torch's extension builder (about 20 s, cached under
 ~/.cache/torch_extensions) for the machine's own vector instructions. Where no compiler works,
 or with INFERD_NATIVE_CPU=0, every caller uses the torch ops that compute the same thing.
@@ -19,7 +20,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).parent / "csrc" / "cpu_ops.cpp"
+_SOURCES = [Path(__file__).parent / "csrc" / name for name in ("cpu_ops.cpp", "quant_gemv.cpp")]
 _lock = threading.Lock()
 _state: dict[str, bool] = {}
 
@@ -39,7 +40,7 @@ def _build() -> bool:
 
     try:
         cpp_extension.load(
-            name=f"inferd_cpu_ops_{_cpu_tag()}", sources=[str(_SOURCE)], is_python_module=False,
+            name=f"inferd_cpu_ops_{_cpu_tag()}", sources=[str(p) for p in _SOURCES], is_python_module=False,
             # No FMA contraction outside explicit intrinsics: rounding then matches torch's ops.
             extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"],
             extra_ldflags=["-fopenmp"], verbose=False)
@@ -66,4 +67,7 @@ def usable(*tensors: torch.Tensor) -> bool:
 
 
 def ops():
+    """The kernels' op namespace (built and loaded first if need be)."""
+    if not available():
+        raise RuntimeError("inferd's native CPU kernels are unavailable here (see the warning above)")
     return torch.ops.inferd_cpu

@@ -80,6 +80,12 @@ class _QuantLinear(nn.Module):
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
     @property
+    def rows_independent(self) -> bool:
+        """Whether a small batch runs inferd's CPU kernel, whose every row comes out the same
+        whatever the row count (the runner then needs no padding rows for this layer)."""
+        return False
+
+    @property
     def weight_bytes(self) -> int:
         """Bytes of the packed weight and its scales/zeros (bias excluded)."""
         return sum(b.numel() * b.element_size() for n, b in self.named_buffers() if n != "bias")
@@ -156,6 +162,11 @@ class Int8Linear(_QuantLinear):
             y = kernels.int8_mm_cpu(x2, self.qweight, self.scale)
         return self._finish(y, x)
 
+    @property
+    def rows_independent(self) -> bool:
+        return self.packed_for == "cpu" and (not self.two_plane
+                                             or kernels.native_int4_applies(self.out_features))
+
     def extra_repr(self) -> str:
         groups = "per_channel" if self.group_size == self.in_features else f"group_size={self.group_size}"
         kernel = "int4x2_tinygemm" if self.two_plane else "int8pack"
@@ -220,6 +231,10 @@ class Int4Linear(_QuantLinear):
             y = kernels.int4_mm(x2, self.qweight, self.group_size, self.scale_zeros)
         return self._finish(y, x)
 
+    @property
+    def rows_independent(self) -> bool:
+        return self.packed_for == "cpu" and kernels.native_int4_applies(self.out_features)
+
     def extra_repr(self) -> str:
         return (f"{self._repr_base()}, group_size={self.group_size}, "
                 f"symmetric={self.symmetric}")
@@ -266,11 +281,17 @@ class Fp8Linear(_QuantLinear):
         if self.use_scaled_mm:
             y = kernels.fp8_scaled_mm(x2, self.qweight, self.scale)
         elif self.packed_for == "cpu" and self.compute_dtype == torch.bfloat16:
-            # torch's own fp8 -> bf16 cast is scalar on CPU; the bit-moving one is vectorised.
-            y = F.linear(x2, kernels.fp8_to_bf16(self.qweight)) * self.scale
+            y = kernels.fp8_mm_cpu(x2, self.qweight, self.scale)
+            if y is None:
+                # torch's own fp8 -> bf16 cast is scalar on CPU; the bit-moving one is vectorised.
+                y = F.linear(x2, kernels.fp8_to_bf16(self.qweight)) * self.scale
         else:
             y = F.linear(x2, self.qweight.to(self.compute_dtype)) * self.scale
         return self._finish(y, x)
+
+    @property
+    def rows_independent(self) -> bool:
+        return self.packed_for == "cpu" and self.compute_dtype == torch.bfloat16
 
     def extra_repr(self) -> str:
         kernel = "scaled_mm_w8a8" if self.use_scaled_mm else "weight_only"

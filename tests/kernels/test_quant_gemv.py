@@ -1,0 +1,110 @@
+"""inferd's CPU kernels for quantized weights (csrc/quant_gemv.cpp) against a float64 matmul of
+the very weights the quantized linears hold, dequantized independently."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inferd.kernels import cpu_ops
+from inferd.quant import kernels
+from inferd.quant.linear import Fp8Linear, Int4Linear, Int8Linear
+
+SHAPES = [(960, 576), (128, 1536), (64, 96)]
+ROWS = [1, 3, 4, 8, 13]
+
+
+def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((y.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+def _x(rows: int, k: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(rows, k, generator=torch.Generator().manual_seed(seed)).to(torch.bfloat16)
+
+
+def _linear(n: int, k: int) -> torch.nn.Linear:
+    torch.manual_seed(n * k)
+    return torch.nn.Linear(k, n, bias=False)
+
+
+@pytest.mark.parametrize("n,k", SHAPES)
+@pytest.mark.parametrize("rows", ROWS)
+def test_fp8_rows_mm_matches_float64_of_the_fp8_weight(n, k, rows):
+    layer = Fp8Linear.from_linear(_linear(n, k))
+    weight = layer.qweight.to(torch.float64) * layer.scale.double()[:, None]
+    x = _x(rows, k)
+    y = cpu_ops.ops().fp8_rows_mm(x, layer.qweight, layer.scale)
+    assert y.dtype == torch.bfloat16 and y.shape == (rows, n)
+    assert _rel_err(y, x.double() @ weight.T) < 8e-3  # bf16 output rounding is 2**-9
+
+
+@pytest.mark.parametrize("n,k", SHAPES)
+@pytest.mark.parametrize("rows", ROWS)
+def test_int8_rows_mm_matches_float64_of_the_int8_weight(n, k, rows):
+    layer = Int8Linear.from_linear(_linear(n, k))
+    weight = layer.qweight.double() * layer.scale.double()[:, None]
+    x = _x(rows, k)
+    y = cpu_ops.ops().int8_rows_mm(x, layer.qweight, layer.scale)
+    assert _rel_err(y, x.double() @ weight.T) < 8e-3
+    assert _rel_err(y, torch.ops.aten._weight_int8pack_mm(x, layer.qweight, layer.scale).double()) < 1.6e-2
+
+
+def test_fp8_decode_is_exact_for_every_code_including_subnormals():
+    codes = torch.arange(256, dtype=torch.uint8)
+    codes = codes[~torch.isnan(codes.view(torch.float8_e4m3fn).float())]
+    weight = codes.view(torch.float8_e4m3fn).reshape(-1, 1)  # one code per output row, K = 1
+    y = cpu_ops.ops().fp8_rows_mm(torch.ones(1, 1, dtype=torch.bfloat16), weight,
+                                  torch.ones(weight.shape[0]))
+    assert torch.equal(y[0].float(), weight[:, 0].float().to(torch.bfloat16).float())
+
+
+@pytest.mark.parametrize("n,k,group,symmetric", [(960, 576, 32, False), (960, 576, 64, True),
+                                                 (128, 1536, 128, False), (64, 128, 32, True)])
+@pytest.mark.parametrize("rows", ROWS)
+def test_int4_mm_matches_float64_of_the_packed_weight(n, k, rows, group, symmetric):
+    if kernels._cpu_layout() != (64, True):
+        pytest.skip("inferd's int4 kernel reads torch's AVX-512 layout; this CPU packs another")
+    layer = Int4Linear.from_linear(_linear(n, k), group_size=group, symmetric=symmetric)
+    weight = kernels.int4_dequantize_cpu(layer.qweight, n, k, group, layer.scale_zeros, torch.float32)
+    x = _x(rows, k)
+    y = cpu_ops.ops().int4_mm(x, layer.qweight, group, layer.scale_zeros)
+    assert _rel_err(y, x.double() @ weight.double().T) < 8e-3
+    # and agrees with torch's own kernel on the same packed weight
+    assert _rel_err(y, torch.ops.aten._weight_int4pack_mm_for_cpu(
+        x, layer.qweight, group, layer.scale_zeros).double()) < 1.6e-2
+
+
+def test_rows_do_not_depend_on_how_many_share_the_call():
+    layer8 = Fp8Linear.from_linear(_linear(960, 576))
+    layer4 = Int4Linear.from_linear(_linear(960, 576), group_size=32, symmetric=False)
+    int8 = Int8Linear.from_linear(_linear(960, 576))
+    x = _x(11, 576, seed=5)
+    ops = cpu_ops.ops()
+    calls = [lambda a: ops.fp8_rows_mm(a, layer8.qweight, layer8.scale),
+             lambda a: ops.int4_mm(a, layer4.qweight, 32, layer4.scale_zeros),
+             lambda a: ops.int8_rows_mm(a, int8.qweight, int8.scale)]
+    for call in calls:
+        together = call(x)
+        for i in range(x.shape[0]):
+            assert torch.equal(call(x[i:i + 1]), together[i:i + 1])
+
+
+def test_fp8_linear_uses_the_kernel_for_decode_and_widening_for_prefill():
+    """Both paths compute the same product; the switch is only about speed."""
+    layer = Fp8Linear.from_linear(_linear(128, 256))
+    x = _x(kernels.CPU_FP8_NATIVE_MAX_ROWS + 8, 256, seed=2)
+    widened = layer(x)  # more rows than the kernel takes: bf16 GEMM on the widened weight
+    assert kernels.fp8_mm_cpu(x, layer.qweight, layer.scale) is None
+    small = layer(x[:4])
+    assert _rel_err(small, widened[:4].double()) < 1.6e-2
+
+
+def test_bad_shapes_are_refused_with_a_clear_error():
+    layer = Fp8Linear.from_linear(_linear(64, 96))
+    ops = cpu_ops.ops()
+    with pytest.raises(RuntimeError, match="columns"):
+        ops.fp8_rows_mm(_x(2, 95), layer.qweight, layer.scale)
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        ops.fp8_rows_mm(_x(2, 96).float(), layer.qweight, layer.scale)
+    with pytest.raises(RuntimeError, match="scale"):
+        ops.fp8_rows_mm(_x(2, 96), layer.qweight, layer.scale[:10])
