@@ -56,6 +56,7 @@ class QuantEvalResult:
     weight_bytes_after: int
     sensitivity: list[dict] = field(default_factory=list)  # per layer: layer, ppl_increase_pct, mean_kl
     recommendation: dict | None = None
+    lm_head_quantized: bool = False  # the output head (and a tied embedding) quantized too
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,9 +98,11 @@ class Evaluator:
         return QualityFigures(ppl, kl / positions, agree / positions, 100.0 * (ppl / base - 1.0))
 
 
-def quantized_copy(model, method: str, group_size: int, symmetric: bool, skip: list[str]):
+def quantized_copy(model, method: str, group_size: int, symmetric: bool, skip: list[str],
+                   lm_head: bool = False):
     q = copy.deepcopy(model)
-    report = quantize_model(q, method, group_size=group_size, symmetric=symmetric, skip=skip)
+    report = quantize_model(q, method, group_size=group_size, symmetric=symmetric, skip=skip,
+                            quantize_embeddings=lm_head)
     return q, report
 
 
@@ -140,13 +143,13 @@ def layer_sensitivity(ev: Evaluator, method: str, group_size: int, symmetric: bo
 
 
 def recommend_skip(ev: Evaluator, method: str, group_size: int, symmetric: bool, base_skip: list[str],
-                   sensitivity: list[dict], budget_pct: float) -> dict:
+                   sensitivity: list[dict], budget_pct: float, lm_head: bool = False) -> dict:
     """Keep the most sensitive layers in full precision until the measured increase fits."""
     order = sorted(sensitivity, key=lambda r: r["ppl_increase_pct"], reverse=True)
     skip = list(base_skip)
     trials = []
     for step in range(len(order) + 1):
-        model, report = quantized_copy(ev.base.model, method, group_size, symmetric, skip)
+        model, report = quantized_copy(ev.base.model, method, group_size, symmetric, skip, lm_head)
         f = ev.figures(model)
         trials.append({"skip": list(skip), "ppl_increase_pct": f.ppl_increase_pct})
         if f.ppl_increase_pct <= budget_pct or step == len(order):
@@ -160,22 +163,25 @@ def recommend_skip(ev: Evaluator, method: str, group_size: int, symmetric: bool,
 def evaluate(model: str, method: str, *, dtype: str = "float32", group_size: int = 64,
              symmetric: bool = True, skip: list[str] | None = None, corpus: str | None = None,
              window: int = 512, greedy_tokens: int = 24, prompts: list[str] | None = None,
-             sensitivity: bool = True, max_ppl_increase_pct: float | None = None) -> QuantEvalResult:
+             sensitivity: bool = True, max_ppl_increase_pct: float | None = None,
+             lm_head: bool = False) -> QuantEvalResult:
+    """lm_head: quantize the output head (and a tied embedding) too, as `--quant-lm-head` does."""
     skip = list(skip or [])
     base = load_model(ModelConfig(model=model, dtype=dtype, device="cpu"))
     ev = Evaluator(base, corpus if corpus is not None else default_corpus(), window)
-    qmodel, report = quantized_copy(base.model, method, group_size, symmetric, skip)
+    qmodel, report = quantized_copy(base.model, method, group_size, symmetric, skip, lm_head)
     figs = ev.figures(qmodel)
     result = QuantEvalResult(
         method=method, group_size=group_size, symmetric=symmetric, skip=skip,
         tokens_evaluated=ev.num_tokens, base_perplexity=ev.base_ppl, quantized=figs,
         greedy_agreement=greedy_agreement(base, qmodel, prompts or PROMPTS, greedy_tokens),
-        weight_bytes_before=report.model_bytes_before, weight_bytes_after=report.model_bytes_after)
+        weight_bytes_before=report.model_bytes_before, weight_bytes_after=report.model_bytes_after,
+        lm_head_quantized=lm_head)
     if sensitivity:
         result.sensitivity = layer_sensitivity(ev, method, group_size, symmetric)
         if max_ppl_increase_pct is not None:
             result.recommendation = recommend_skip(ev, method, group_size, symmetric, skip,
-                                                   result.sensitivity, max_ppl_increase_pct)
+                                                   result.sensitivity, max_ppl_increase_pct, lm_head)
     return result
 
 
@@ -184,7 +190,8 @@ def format_result(r: QuantEvalResult) -> str:
     q = r.quantized
     lines = [
         f"quant-eval: {r.method}" + (f" (group {r.group_size}, {'sym' if r.symmetric else 'asym'})"
-                                     if r.method == "int4" else "") + (f", skip {r.skip}" if r.skip else ""),
+                                     if r.method == "int4" else "") + (f", skip {r.skip}" if r.skip else "")
+        + (", LM head too" if r.lm_head_quantized else ""),
         f"  tokens evaluated        {r.tokens_evaluated}",
         f"  weights                 {r.weight_bytes_before / mib:.1f} MiB -> {r.weight_bytes_after / mib:.1f} MiB",
         f"  perplexity              {r.base_perplexity:.3f} -> {q.perplexity:.3f} ({q.ppl_increase_pct:+.2f}%)",

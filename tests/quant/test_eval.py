@@ -76,3 +76,14 @@ def test_quant_eval_cli_writes_json(tiny_llama, tmp_path):
 
     data = json.loads(out.read_text())
     assert data["method"] == "int4" and data["recommendation"]["budget_pct"] == 5.0
+
+
+def test_quant_eval_can_include_the_lm_head(tiny_llama):
+    """--quant-lm-head is measured like the rest: fewer bytes, and its own cost in quality."""
+    kw = dict(corpus=CORPUS, window=64, greedy_tokens=4, prompts=["hi"], sensitivity=False)
+    body = evaluate(str(tiny_llama), "int8", **kw)
+    with_head = evaluate(str(tiny_llama), "int8", lm_head=True, **kw)
+    assert with_head.lm_head_quantized and not body.lm_head_quantized
+    assert with_head.weight_bytes_after < body.weight_bytes_after
+    assert with_head.quantized.mean_kl != body.quantized.mean_kl
+    assert with_head.base_perplexity == body.base_perplexity
