@@ -126,8 +126,10 @@ def _greedy(model, ids: list[int], tokens: int) -> list[int]:
 
 
 def layer_sensitivity(ev: Evaluator, method: str, group_size: int, symmetric: bool,
-                      windows: int = 1) -> list[dict]:
-    """Quantize one decoder layer at a time (the rest in full precision) and measure the loss."""
+                      windows: int = 1, lm_head: bool = False) -> list[dict]:
+    """Quantize one decoder layer at a time (the rest in full precision) and measure the loss;
+    with lm_head, the output head alone as well (row "lm_head"): at 4 bits it can cost more
+    than every decoder layer together, and the recommendation must be able to keep it."""
     model = ev.base.model
     rows = []
     for i, layer in enumerate(model.model.layers):
@@ -139,7 +141,16 @@ def layer_sensitivity(ev: Evaluator, method: str, group_size: int, symmetric: bo
         finally:
             model.model.layers[i] = layer
         rows.append({"layer": i, "ppl_increase_pct": f.ppl_increase_pct, "mean_kl": f.mean_kl})
+    if lm_head:
+        head_only, _ = quantized_copy(model, method, group_size, symmetric, ["model.layers.*"], True)
+        f = ev.figures(head_only, windows)
+        rows.append({"layer": "lm_head", "ppl_increase_pct": f.ppl_increase_pct, "mean_kl": f.mean_kl})
     return rows
+
+
+def _skip_for(row: dict) -> str:
+    """The --quant-skip pattern that keeps this sensitivity row's part in full precision."""
+    return "lm_head" if row["layer"] == "lm_head" else f"model.layers.{row['layer']}.*"
 
 
 def recommend_skip(ev: Evaluator, method: str, group_size: int, symmetric: bool, base_skip: list[str],
@@ -156,7 +167,7 @@ def recommend_skip(ev: Evaluator, method: str, group_size: int, symmetric: bool,
             return {"budget_pct": budget_pct, "skip": skip, "ppl_increase_pct": f.ppl_increase_pct,
                     "mean_kl": f.mean_kl, "within_budget": f.ppl_increase_pct <= budget_pct,
                     "weight_bytes_after": report.model_bytes_after, "trials": trials}
-        skip.append(f"model.layers.{order[step]['layer']}.*")
+        skip.append(_skip_for(order[step]))
     raise AssertionError("unreachable")
 
 
@@ -178,7 +189,7 @@ def evaluate(model: str, method: str, *, dtype: str = "float32", group_size: int
         weight_bytes_before=report.model_bytes_before, weight_bytes_after=report.model_bytes_after,
         lm_head_quantized=lm_head)
     if sensitivity:
-        result.sensitivity = layer_sensitivity(ev, method, group_size, symmetric)
+        result.sensitivity = layer_sensitivity(ev, method, group_size, symmetric, lm_head=lm_head)
         if max_ppl_increase_pct is not None:
             result.recommendation = recommend_skip(ev, method, group_size, symmetric, skip,
                                                    result.sensitivity, max_ppl_increase_pct, lm_head)

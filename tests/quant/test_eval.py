@@ -87,3 +87,15 @@ def test_quant_eval_can_include_the_lm_head(tiny_llama):
     assert with_head.weight_bytes_after < body.weight_bytes_after
     assert with_head.quantized.mean_kl != body.quantized.mean_kl
     assert with_head.base_perplexity == body.base_perplexity
+
+
+def test_sensitivity_and_recommendation_cover_a_quantized_head(tiny_llama):
+    r = evaluate(str(tiny_llama), "int4", group_size=32, corpus=CORPUS, window=64, greedy_tokens=4,
+                 prompts=["hi"], max_ppl_increase_pct=0.0, lm_head=True)
+    rows = {row["layer"]: row for row in r.sensitivity}
+    assert set(rows) == {0, 1, "lm_head"}
+    rec = r.recommendation
+    assert all(p == "lm_head" or p.startswith("model.layers.") for p in rec["skip"])
+    if rec["skip"]:  # the most sensitive part is kept first
+        worst = max(r.sensitivity, key=lambda row: row["ppl_increase_pct"])
+        assert rec["skip"][0] == ("lm_head" if worst["layer"] == "lm_head" else f"model.layers.{worst['layer']}.*")
