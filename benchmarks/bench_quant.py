@@ -28,6 +28,7 @@ CONFIGS = {  # label -> (dtype, quantization, extra LLM keywords)
     "int4-g32-asym": ("bfloat16", "int4", G32_ASYM), "fp8": ("bfloat16", "fp8", {}),
     "int8+head": ("bfloat16", "int8", {"quant_lm_head": True}),
     "int4-g32-asym+head": ("bfloat16", "int4", {**G32_ASYM, "quant_lm_head": True}),
+    "int4-g32-asym+head-int8": ("bfloat16", "int4", {**G32_ASYM, "quant_lm_head": "int8"}),
 }
 
 

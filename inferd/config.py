@@ -53,7 +53,9 @@ class ModelConfig:
     quant_group_size: int = 64
     quant_symmetric: bool = True
     quant_skip: tuple[str, ...] = ()
-    quant_lm_head: bool = False  # also quantize the LM head (and a tied embedding with it)
+    # Also quantize the LM head (and a tied embedding with it): True = with `quantization`'s
+    # method, or a method of its own ("int8", "int4", "fp8").
+    quant_lm_head: bool | str = False
     seed: int = 0
 
 

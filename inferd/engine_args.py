@@ -7,6 +7,21 @@ import argparse
 from inferd.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, SpeculativeConfig
 from inferd.model.registry import DEFAULT_MODEL
 
+HEAD_METHODS = ("int8", "int4", "fp8")
+
+
+def add_quant_lm_head_flag(group) -> None:
+    """`--quant-lm-head [METHOD]`: shared by `serve` and `quant-eval`."""
+    group.add_argument("--quant-lm-head", nargs="?", const="same", default=None, metavar="METHOD",
+                       choices=["same", *HEAD_METHODS],
+                       help="quantize the LM head too (and the embedding tied to it), with "
+                            "--quantization's method or the one given (e.g. int8 next to int4)")
+
+
+def lm_head_setting(value: str | None) -> bool | str:
+    """The flag's value as ModelConfig.quant_lm_head takes it."""
+    return False if value is None else True if value == "same" else value
+
 
 def add_engine_args(p: argparse.ArgumentParser, model_nargs: str | None = None) -> None:
     g = p.add_argument_group("model")
@@ -26,8 +41,7 @@ def add_engine_args(p: argparse.ArgumentParser, model_nargs: str | None = None) 
     q.add_argument("--quant-asymmetric", action="store_true", help="int4 with a zero point per group")
     q.add_argument("--quant-skip", action="append", default=[], metavar="PATTERN",
                    help="keep modules matching this glob in higher precision (repeatable)")
-    q.add_argument("--quant-lm-head", action="store_true",
-                   help="quantize the LM head too (and the embedding tied to it); off by default")
+    add_quant_lm_head_flag(q)
     c = p.add_argument_group("KV cache")
     c.add_argument("--kv-cache-memory", type=float, default=None, metavar="GIB",
                    help="KV-cache pool size in GiB (default: a fraction of free memory)")
@@ -52,7 +66,7 @@ def engine_config_from_args(args: argparse.Namespace, model: str | None = None) 
             model=model or args.model, dtype=args.dtype, device=args.device,
             max_model_len=args.max_model_len, quantization=args.quantization,
             quant_group_size=args.quant_group_size, quant_symmetric=not args.quant_asymmetric,
-            quant_skip=tuple(args.quant_skip), quant_lm_head=args.quant_lm_head, seed=args.seed),
+            quant_skip=tuple(args.quant_skip), quant_lm_head=lm_head_setting(args.quant_lm_head), seed=args.seed),
         cache=CacheConfig(block_size=args.block_size, kv_cache_memory_gib=args.kv_cache_memory,
                           enable_prefix_caching=not args.no_prefix_caching,
                           kv_cache_dtype=args.kv_cache_dtype),

@@ -92,8 +92,8 @@ def _quantize(model: LlamaForCausalLM, cfg: ModelConfig, arch: ArchConfig, reade
         from inferd.quant.gguf_model import keep_gguf_blocks
 
         return keep_gguf_blocks(model, reader, arch)
-    from inferd.quant import quantize_model
+    from inferd.quant.apply import quantize_model_and_head
 
-    return quantize_model(model, cfg.quantization, group_size=cfg.quant_group_size,
-                          symmetric=cfg.quant_symmetric, skip=cfg.quant_skip,
-                          quantize_embeddings=cfg.quant_lm_head)
+    return quantize_model_and_head(model, cfg.quantization, cfg.quant_lm_head,
+                                   group_size=cfg.quant_group_size, symmetric=cfg.quant_symmetric,
+                                   skip=cfg.quant_skip)

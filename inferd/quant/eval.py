@@ -18,7 +18,7 @@ import torch
 from inferd.config import ModelConfig
 from inferd.model.loader import LoadedModel, load_model
 from inferd.model.scoring import sequence_logits
-from inferd.quant.apply import quantize_model
+from inferd.quant.apply import quantize_model, quantize_model_and_head
 
 PROMPTS = [
     "Explain why the sky is blue in two sentences.",
@@ -56,7 +56,7 @@ class QuantEvalResult:
     weight_bytes_after: int
     sensitivity: list[dict] = field(default_factory=list)  # per layer: layer, ppl_increase_pct, mean_kl
     recommendation: dict | None = None
-    lm_head_quantized: bool = False  # the output head (and a tied embedding) quantized too
+    lm_head_quantized: bool | str = False  # the output head (and a tied embedding) too; str: its method
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,10 +99,10 @@ class Evaluator:
 
 
 def quantized_copy(model, method: str, group_size: int, symmetric: bool, skip: list[str],
-                   lm_head: bool = False):
+                   lm_head: bool | str = False):
     q = copy.deepcopy(model)
-    report = quantize_model(q, method, group_size=group_size, symmetric=symmetric, skip=skip,
-                            quantize_embeddings=lm_head)
+    report = quantize_model_and_head(q, method, lm_head, group_size=group_size, symmetric=symmetric,
+                                     skip=skip)
     return q, report
 
 
@@ -126,7 +126,7 @@ def _greedy(model, ids: list[int], tokens: int) -> list[int]:
 
 
 def layer_sensitivity(ev: Evaluator, method: str, group_size: int, symmetric: bool,
-                      windows: int = 1, lm_head: bool = False) -> list[dict]:
+                      windows: int = 1, lm_head: bool | str = False) -> list[dict]:
     """Quantize one decoder layer at a time (the rest in full precision) and measure the loss;
     with lm_head, the output head alone as well (row "lm_head"): at 4 bits it can cost more
     than every decoder layer together, and the recommendation must be able to keep it."""
@@ -142,7 +142,7 @@ def layer_sensitivity(ev: Evaluator, method: str, group_size: int, symmetric: bo
             model.model.layers[i] = layer
         rows.append({"layer": i, "ppl_increase_pct": f.ppl_increase_pct, "mean_kl": f.mean_kl})
     if lm_head:
-        head_only, _ = quantized_copy(model, method, group_size, symmetric, ["model.layers.*"], True)
+        head_only, _ = quantized_copy(model, method, group_size, symmetric, ["model.layers.*"], lm_head)
         f = ev.figures(head_only, windows)
         rows.append({"layer": "lm_head", "ppl_increase_pct": f.ppl_increase_pct, "mean_kl": f.mean_kl})
     return rows
@@ -154,7 +154,7 @@ def _skip_for(row: dict) -> str:
 
 
 def recommend_skip(ev: Evaluator, method: str, group_size: int, symmetric: bool, base_skip: list[str],
-                   sensitivity: list[dict], budget_pct: float, lm_head: bool = False) -> dict:
+                   sensitivity: list[dict], budget_pct: float, lm_head: bool | str = False) -> dict:
     """Keep the most sensitive layers in full precision until the measured increase fits."""
     order = sorted(sensitivity, key=lambda r: r["ppl_increase_pct"], reverse=True)
     skip = list(base_skip)
@@ -175,8 +175,9 @@ def evaluate(model: str, method: str, *, dtype: str = "float32", group_size: int
              symmetric: bool = True, skip: list[str] | None = None, corpus: str | None = None,
              window: int = 512, greedy_tokens: int = 24, prompts: list[str] | None = None,
              sensitivity: bool = True, max_ppl_increase_pct: float | None = None,
-             lm_head: bool = False) -> QuantEvalResult:
-    """lm_head: quantize the output head (and a tied embedding) too, as `--quant-lm-head` does."""
+             lm_head: bool | str = False) -> QuantEvalResult:
+    """lm_head: quantize the output head (and a tied embedding) too, as `--quant-lm-head` does
+    (True: with `method`; or a method of its own)."""
     skip = list(skip or [])
     base = load_model(ModelConfig(model=model, dtype=dtype, device="cpu"))
     ev = Evaluator(base, corpus if corpus is not None else default_corpus(), window)
@@ -202,7 +203,8 @@ def format_result(r: QuantEvalResult) -> str:
     lines = [
         f"quant-eval: {r.method}" + (f" (group {r.group_size}, {'sym' if r.symmetric else 'asym'})"
                                      if r.method == "int4" else "") + (f", skip {r.skip}" if r.skip else "")
-        + (", LM head too" if r.lm_head_quantized else ""),
+        + ((f", LM head {r.lm_head_quantized}" if isinstance(r.lm_head_quantized, str) else ", LM head too")
+           if r.lm_head_quantized else ""),
         f"  tokens evaluated        {r.tokens_evaluated}",
         f"  weights                 {r.weight_bytes_before / mib:.1f} MiB -> {r.weight_bytes_after / mib:.1f} MiB",
         f"  perplexity              {r.base_perplexity:.3f} -> {q.perplexity:.3f} ({q.ppl_increase_pct:+.2f}%)",

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from inferd.engine_args import add_quant_lm_head_flag, lm_head_setting
+
 
 def _percent(text: str) -> float:
     return float(text.rstrip("%"))
@@ -18,8 +20,7 @@ def add_quant_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quant-group-size", type=int, default=64, choices=[32, 64, 128])
     p.add_argument("--quant-asymmetric", action="store_true")
     p.add_argument("--quant-skip", action="append", default=[], metavar="PATTERN")
-    p.add_argument("--quant-lm-head", action="store_true",
-                   help="also quantize the LM head (and a tied embedding), as `serve --quant-lm-head`")
+    add_quant_lm_head_flag(p)
     p.add_argument("--dtype", default="float32", help="reference precision (default float32)")
     p.add_argument("--corpus", type=Path, help="text file (default: the corpus inferd ships)")
     p.add_argument("--window", type=int, default=512, help="tokens per scored window")
@@ -38,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
                       symmetric=not args.quant_asymmetric, skip=args.quant_skip,
                       corpus=args.corpus.read_text() if args.corpus else None, window=args.window,
                       greedy_tokens=args.greedy_tokens, sensitivity=not args.no_sensitivity,
-                      max_ppl_increase_pct=args.max_ppl_increase, lm_head=args.quant_lm_head)
+                      max_ppl_increase_pct=args.max_ppl_increase,
+                      lm_head=lm_head_setting(args.quant_lm_head))
     print(format_result(result))
     if args.json:
         args.json.write_text(json.dumps(result.to_dict(), indent=1))

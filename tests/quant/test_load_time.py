@@ -52,3 +52,29 @@ def test_gguf_mode_keeps_the_files_blocks_exactly():
     a, b = forward_logits(base.model, ids), forward_logits(kept.model, ids)
     assert torch.equal(a.argmax(-1), b.argmax(-1))
     assert (a - b).abs().max().item() < 1.0
+
+
+def test_lm_head_can_take_its_own_method(tiny_llama):
+    """int4 layers with an int8 head: each module gets the method asked for, the tie holds."""
+    loaded = load_model(ModelConfig(model=str(tiny_llama), dtype="bfloat16", quantization="int4",
+                                    quant_group_size=32, quant_lm_head="int8"))
+    m = loaded.model
+    assert isinstance(m.model.layers[0].mlp.gate_up_proj, Int4Linear)
+    assert isinstance(m.lm_head, Int8Linear)
+    with pytest.raises(ValueError, match="LM-head quantization"):
+        load_model(ModelConfig(model=str(tiny_llama), dtype="bfloat16", quantization="int4",
+                               quant_group_size=32, quant_lm_head="int3"))
+
+
+def test_quant_lm_head_flag_parses_with_and_without_a_method():
+    import argparse
+
+    from inferd.engine_args import add_quant_lm_head_flag, lm_head_setting
+
+    p = argparse.ArgumentParser()
+    add_quant_lm_head_flag(p)
+    assert lm_head_setting(p.parse_args([]).quant_lm_head) is False
+    assert lm_head_setting(p.parse_args(["--quant-lm-head"]).quant_lm_head) is True
+    assert lm_head_setting(p.parse_args(["--quant-lm-head", "int8"]).quant_lm_head) == "int8"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--quant-lm-head", "int3"])
