@@ -25,14 +25,19 @@ _lock = threading.Lock()
 _state: dict[str, bool] = {}
 
 
-def _cpu_tag() -> str:
-    """A short hash of the CPU's feature flags: a build for one CPU is never loaded on another."""
+def _build_tag() -> str:
+    """A short hash of the CPU's feature flags and every file in csrc/ (headers included, which
+    torch's own staleness check does not read): a build is never loaded on another CPU or after
+    a source change."""
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
                      if line.startswith("flags"))
     except (OSError, StopIteration):
         flags = "unknown"
-    return hashlib.sha256(flags.encode()).hexdigest()[:8]
+    digest = hashlib.sha256(flags.encode())
+    for path in sorted(_SOURCES[0].parent.iterdir()):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:8]
 
 
 def _build() -> bool:
@@ -40,7 +45,7 @@ def _build() -> bool:
 
     try:
         cpp_extension.load(
-            name=f"inferd_cpu_ops_{_cpu_tag()}", sources=[str(p) for p in _SOURCES], is_python_module=False,
+            name=f"inferd_cpu_ops_{_build_tag()}", sources=[str(p) for p in _SOURCES], is_python_module=False,
             # No FMA contraction outside explicit intrinsics: rounding then matches torch's ops.
             extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"],
             extra_ldflags=["-fopenmp"], verbose=False)
