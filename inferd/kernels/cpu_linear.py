@@ -23,6 +23,13 @@ def packing_supported(dtype: torch.dtype, device: torch.device) -> bool:
     return dtype == torch.float32
 
 
+# oneDNN's bf16 AMX matmul may split K across threads for some row counts (on a 2-core Xeon:
+# 576x1536 at 150-260 rows), which sums in another order: a row's result would then depend on
+# how many rows share the call. Up to this many rows no shape measured did (inv. tests pin
+# it), so longer batches run in chunks of this size, the last one overlapping the one before.
+MAX_ROWS_PER_CALL = 128
+
+
 class PackedLinear(nn.Module):
     """`nn.Linear` with the weight reordered for oneDNN; same results as `F.linear` (tested)."""
 
@@ -37,6 +44,22 @@ class PackedLinear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.shape[0] if x.dim() == 2 else -1
+        if rows <= MAX_ROWS_PER_CALL:
+            return self._mm(x)
+        out = x.new_empty(rows, self.out_features)
+        for start in range(0, rows, MAX_ROWS_PER_CALL):
+            lo = min(start, rows - MAX_ROWS_PER_CALL)  # keep every chunk full-sized
+            out[lo:start + MAX_ROWS_PER_CALL] = self._mm(x[lo:start + MAX_ROWS_PER_CALL])
+        return out
+
+    def native_spec(self, dtype: torch.dtype):
+        """How decoder_stack.cpp runs this layer (one oneDNN call up to MAX_ROWS_PER_CALL rows)."""
+        from inferd.kernels.native_stack import PACKED, NativeLinear
+
+        return NativeLinear(PACKED, self.packed_weight, bias=self.bias, max_rows=MAX_ROWS_PER_CALL)
+
+    def _mm(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
 
     def extra_repr(self) -> str:

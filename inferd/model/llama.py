@@ -13,6 +13,7 @@ from torch import nn
 
 from inferd.kernels import cpu_ops
 from inferd.kernels.attention import AttentionMetadata, paged_attention, write_kv
+from inferd.kernels.native_stack import NativeStack
 from inferd.model.arch import ArchConfig
 from inferd.model.rope import RopeTables, RotaryEmbedding, apply_rope
 
@@ -133,6 +134,9 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        # Set by the runner once the layers are final (NativeStack.build): the decoder layers as
+        # one native call on CPU, bitwise the same as the loop below.
+        self.native_stack: NativeStack | None = None
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: KVCaches,
                 meta: AttentionMetadata) -> torch.Tensor:
@@ -140,6 +144,8 @@ class LlamaForCausalLM(nn.Module):
         x = self.model.embed_tokens(input_ids)
         rope = self.model.rotary.tables(positions, x.dtype)  # once per step, shared by every layer
         fused = cpu_ops.usable(x)  # the fused CPU kernels, decided once per step
+        if fused and self.native_stack is not None and self.native_stack.serves(x, kv_caches):
+            return self.native_stack(x, rope.cos, rope.sin_signed, kv_caches, meta)
         residual = None
         for layer, kv in zip(self.model.layers, kv_caches, strict=True):
             x, residual = layer(rope, x, residual, kv, meta, fused)

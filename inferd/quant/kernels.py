@@ -11,6 +11,7 @@ CUDA: `_weight_int4pack_mm` (tinygemm, bf16, sm80+) and `torch._scaled_mm` (fp8,
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 
@@ -20,13 +21,51 @@ from inferd.quant.formats import FP8_MAX
 aten = torch.ops.aten
 
 # ---- int4 --------------------------------------------------------------------------------------
-# Both tinygemm kernels compute w = (q - 8) * scale + zero (CPU in float32, CUDA in bf16) from
-# bf16 scale/zero pairs laid out as [K // group, N, 2]. They differ in layout and shape limits.
+# Every int4 kernel computes w = (q - 8) * scale + zero from bf16 (scale, zero) pairs. Three
+# layouts: inferd's tile layout for its own CPU kernel (csrc/quant_gemv.cpp, VNNI), torch's CPU
+# layout for `_weight_int4pack_mm_for_cpu` where that kernel is not built, and tinygemm's on CUDA.
+# The packed tensor's rank tells them apart: tiles [N/16, K/8, 64], torch's CPU [N, K/2].
 
 
-def int4_scale_zeros(scale: torch.Tensor, zero: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[N, G] scale and zero -> the [G, N, 2] tensor both tinygemm kernels read."""
-    return torch.stack([scale.t(), zero.t()], dim=-1).to(dtype).contiguous()
+@dataclass(frozen=True)
+class Int4Packed:
+    """An int4 weight in the layout of the kernel that will run it."""
+
+    qweight: torch.Tensor
+    scale_zeros: torch.Tensor  # tiles: [N/16, G, 16, 2]; torch and CUDA: [G, N, 2]; bf16
+    unpackable: bool  # `int4_dequantize_cpu` can recover the weight (for dequant + GEMM paths)
+
+
+def pack_int4(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+              device: torch.device) -> Int4Packed:
+    """Codes uint8 [N, K] in [0, 15], scale and zero float [N, G] -> the layout `int4_mm` runs
+    fastest on `device`. Layouts depend on the machine: save the `Int4Weight`, never this."""
+    codes, scale, zero = codes.to(device), scale.to(device), zero.to(device)
+    n, k = codes.shape
+    if device.type == "cuda":
+        return Int4Packed(pack_int4_cuda(codes), int4_scale_zeros(scale, zero), False)
+    if tiles_apply(n, k):
+        return Int4Packed(pack_int4_tiles(codes), tile_scale_zeros(scale, zero), True)
+    packed, unpackable = pack_int4_cpu(codes)
+    return Int4Packed(packed, int4_scale_zeros(scale, zero), unpackable)
+
+
+def int4_scale_zeros(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """[N, G] scale and zero -> the [G, N, 2] bf16 tensor both tinygemm kernels read."""
+    return torch.stack([scale.t(), zero.t()], dim=-1).to(torch.bfloat16).contiguous()
+
+
+def tile_scale_zeros(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """[N, G] scale and zero -> [N/16, G, 16, 2] bf16: each tile's pairs for a group in one line."""
+    n, g = scale.shape
+    pairs = torch.stack([scale, zero], dim=-1).to(torch.bfloat16)  # [N, G, 2]
+    return pairs.view(n // 16, 16, g, 2).permute(0, 2, 1, 3).contiguous()
+
+
+def _tile_pairs_as_tinygemm(scale_zeros: torch.Tensor) -> torch.Tensor:
+    """[N/16, G, 16, 2] -> the [G, N, 2] view of the same pairs."""
+    tiles, g = scale_zeros.shape[:2]
+    return scale_zeros.permute(1, 0, 2, 3).reshape(g, tiles * 16, 2)
 
 
 def int4_shape_problem(n: int, k: int, group_size: int, device: torch.device) -> str | None:
@@ -41,6 +80,32 @@ def int4_shape_problem(n: int, k: int, group_size: int, device: torch.device) ->
     elif n % 16:
         return f"the CPU int4 kernel needs out_features % 16 == 0, got {n}"
     return None
+
+
+def tiles_apply(n: int, k: int) -> bool:
+    """inferd's int4 kernel takes whole 16-row tiles and 8-wide k chunks, where it is built
+    (it needs AVX-512 VNNI)."""
+    return n % 16 == 0 and k % 8 == 0 and _native_int4_built()
+
+
+@functools.cache
+def _native_int4_built() -> bool:
+    return cpu_ops.available() and bool(cpu_ops.ops().int4_mm_built())
+
+
+def pack_int4_tiles(codes: torch.Tensor) -> torch.Tensor:
+    """Codes uint8 [N, K] -> [N/16, K/8, 64]: per tile of 16 rows and 8-wide k chunk, byte
+    4i + j holds row i's code for k0 + j (low nibble) and for k0 + 4 + j (high nibble)."""
+    n, k = codes.shape
+    c = codes.to(torch.uint8).reshape(n // 16, 16, k // 8, 2, 4)
+    return (c[:, :, :, 0] | (c[:, :, :, 1] << 4)).permute(0, 2, 1, 3).reshape(n // 16, k // 8, 64)
+
+
+def unpack_int4_tiles(packed: torch.Tensor) -> torch.Tensor:
+    tiles, chunks = packed.shape[:2]
+    b = packed.view(tiles, chunks, 16, 4)
+    c = torch.stack([b & 0x0F, b >> 4], dim=3)  # [T, C, 16, 2, 4]
+    return c.permute(0, 2, 1, 3, 4).reshape(tiles * 16, chunks * 8)
 
 
 @functools.cache
@@ -59,7 +124,9 @@ def _cpu_layout() -> tuple[int, bool]:
 
 
 def unpack_int4_cpu(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    """Codes uint8 [n, k] back out of `_convert_weight_to_int4pack_for_cpu`'s blocked layout."""
+    """Codes uint8 [n, k] back out of either CPU layout (inferd's tiles or torch's)."""
+    if packed.dim() == 3:
+        return unpack_int4_tiles(packed)
     block_n, halves = _cpu_layout()
     flat = packed.reshape(-1)
     out = torch.empty(n, k, dtype=torch.uint8, device=packed.device)
@@ -76,7 +143,7 @@ def unpack_int4_cpu(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
 
 
 def pack_int4_cpu(codes: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """Codes uint8 [N, K] -> (CPU kernel layout, whether `unpack_int4_cpu` inverts it here).
+    """Codes uint8 [N, K] -> (torch's CPU kernel layout, whether `unpack_int4_cpu` inverts it).
 
     The layout depends on the CPU capability torch picked at run time, so it is never portable:
     keep the `Int4Weight` (or the GGUF file) as the thing you save.
@@ -97,21 +164,17 @@ def pack_int4_cuda(codes: torch.Tensor) -> torch.Tensor:
     return aten._convert_weight_to_int4pack(pairs.contiguous(), _cuda_inner_k_tiles(codes.shape[1]))
 
 
-def native_int4_applies(out_features: int) -> bool:
-    """inferd's int4 kernel reads torch's AVX-512 layout, whole 64-row blocks only."""
-    return _cpu_layout() == (64, True) and out_features % 64 == 0
+def native_int4_applies(packed: torch.Tensor) -> bool:
+    """Whether this packed weight runs inferd's own CPU kernel (its rows are independent)."""
+    return packed.device.type == "cpu" and packed.dim() == 3
 
 
 def int4_mm(x: torch.Tensor, packed: torch.Tensor, group_size: int,
             scale_zeros: torch.Tensor) -> torch.Tensor:
-    """x [M, K] bf16 @ dequant(packed).T -> [M, N] bf16.
-
-    On CPU, inferd's own kernel (csrc/quant_gemv.cpp) reads the same AVX-512 layout a little
-    faster than torch's at every batch size measured up to 64 rows; torch's serves the rest.
-    """
+    """x [M, K] bf16 @ dequant(packed).T -> [M, N] bf16, on the kernel the layout was made for."""
     if x.is_cuda:
         return aten._weight_int4pack_mm(x, packed, group_size, scale_zeros)
-    if native_int4_applies(scale_zeros.shape[1]) and cpu_ops.usable(x):
+    if packed.dim() == 3:
         return cpu_ops.ops().int4_mm(x, packed, group_size, scale_zeros)
     return aten._weight_int4pack_mm_for_cpu(x, packed, group_size, scale_zeros)
 
@@ -120,6 +183,8 @@ def int4_dequantize_cpu(packed: torch.Tensor, n: int, k: int, group_size: int,
                         scale_zeros: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The [n, k] weight the CPU kernel multiplies by: computed in float32 like the kernel, then
     rounded once to `dtype`."""
+    if scale_zeros.dim() == 4:
+        scale_zeros = _tile_pairs_as_tinygemm(scale_zeros)
     q = unpack_int4_cpu(packed, n, k).view(n, k // group_size, group_size).float()
     scale = scale_zeros[..., 0].t().unsqueeze(-1).float()
     zero = scale_zeros[..., 1].t().unsqueeze(-1).float() - 8 * scale  # (q - 8) s + z, one pass

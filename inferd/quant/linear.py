@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inferd.kernels import cpu_ops, native_stack
+from inferd.kernels.native_stack import NativeLinear
 from inferd.quant import kernels
 from inferd.quant.formats import (
     Fp8Weight,
@@ -85,6 +87,14 @@ class _QuantLinear(nn.Module):
         whatever the row count (the runner then needs no padding rows for this layer)."""
         return False
 
+    def native_spec(self, dtype: torch.dtype) -> NativeLinear | None:
+        """How decoder_stack.cpp runs this layer, or None where it cannot (see native_stack)."""
+        return None
+
+    def _native(self, kind: int, b: torch.Tensor, *, group: int = 0, max_rows: int = 1 << 30) -> NativeLinear:
+        bias = None if self.bias is None else self.bias.to(self.compute_dtype)
+        return NativeLinear(kind, self.qweight, b, bias, group, max_rows, self.compute_dtype)
+
     @property
     def weight_bytes(self) -> int:
         """Bytes of the packed weight and its scales/zeros (bias excluded)."""
@@ -135,9 +145,9 @@ class Int8Linear(_QuantLinear):
         codes = torch.cat([(q >> 4) + 8, q & 0x0F], dim=1)  # arithmetic shift: hi in [-8, 7]
         scale = torch.cat([16 * d, d], dim=1)
         zero = torch.cat([torch.zeros_like(d), 8 * d], dim=1)
-        self.register_buffer("qweight", _pack_int4(codes.to(device), device)[0])
-        self.register_buffer("scale_zeros", kernels.int4_scale_zeros(
-            scale.to(device), zero.to(device), torch.bfloat16))
+        packed = kernels.pack_int4(codes, scale, zero, device)
+        self.register_buffer("qweight", packed.qweight)
+        self.register_buffer("scale_zeros", packed.scale_zeros)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, device: torch.device | str | None = None,
@@ -165,18 +175,22 @@ class Int8Linear(_QuantLinear):
     @property
     def rows_independent(self) -> bool:
         return self.packed_for == "cpu" and (not self.two_plane
-                                             or kernels.native_int4_applies(self.out_features))
+                                             or kernels.native_int4_applies(self.qweight))
+
+    def native_spec(self, dtype: torch.dtype) -> NativeLinear | None:
+        if self.packed_for != "cpu":
+            return None
+        if self.two_plane:
+            return self._native(native_stack.INT8_PLANES, self.scale_zeros, group=self.plane_group) \
+                if kernels.native_int4_applies(self.qweight) else None
+        dequant_from = (CPU_INT8_DEQUANT_FROM if self.qweight.numel() <= CPU_INT8_DEQUANT_MAX_WEIGHTS
+                        else 1 << 30)
+        return self._native(native_stack.INT8, self.scale, max_rows=dequant_from - 1)
 
     def extra_repr(self) -> str:
         groups = "per_channel" if self.group_size == self.in_features else f"group_size={self.group_size}"
         kernel = "int4x2_tinygemm" if self.two_plane else "int8pack"
         return f"{self._repr_base()}, {groups}, kernel={kernel}"
-
-
-def _pack_int4(codes: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, bool]:
-    if device.type == "cuda":
-        return kernels.pack_int4_cuda(codes), False
-    return kernels.pack_int4_cpu(codes)
 
 
 class Int4Linear(_QuantLinear):
@@ -197,11 +211,11 @@ class Int4Linear(_QuantLinear):
             raise ValueError(problem)
         self.group_size = weight.group_size
         self.symmetric = weight.symmetric
-        packed, self._unpackable = _pack_int4(weight.unpacked().to(device), device)
         scale, zero = weight.kernel_scale_and_zero()
-        self.register_buffer("qweight", packed)
-        self.register_buffer("scale_zeros", kernels.int4_scale_zeros(
-            scale.to(device), zero.to(device), torch.bfloat16))
+        packed = kernels.pack_int4(weight.unpacked(), scale, zero, device)
+        self._unpackable = packed.unpackable
+        self.register_buffer("qweight", packed.qweight)
+        self.register_buffer("scale_zeros", packed.scale_zeros)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, group_size: int = 64, symmetric: bool = True,
@@ -233,7 +247,13 @@ class Int4Linear(_QuantLinear):
 
     @property
     def rows_independent(self) -> bool:
-        return self.packed_for == "cpu" and kernels.native_int4_applies(self.out_features)
+        return kernels.native_int4_applies(self.qweight)
+
+    def native_spec(self, dtype: torch.dtype) -> NativeLinear | None:
+        if not kernels.native_int4_applies(self.qweight):
+            return None
+        max_rows = CPU_INT4_DEQUANT_FROM - 1 if self._unpackable else 1 << 30
+        return self._native(native_stack.INT4, self.scale_zeros, group=self.group_size, max_rows=max_rows)
 
     def extra_repr(self) -> str:
         return (f"{self._repr_base()}, group_size={self.group_size}, "
@@ -292,6 +312,11 @@ class Fp8Linear(_QuantLinear):
     @property
     def rows_independent(self) -> bool:
         return self.packed_for == "cpu" and self.compute_dtype == torch.bfloat16
+
+    def native_spec(self, dtype: torch.dtype) -> NativeLinear | None:
+        if not self.rows_independent or self.use_scaled_mm or not cpu_ops.available():
+            return None
+        return self._native(native_stack.FP8, self.scale, max_rows=kernels.CPU_FP8_NATIVE_MAX_ROWS)
 
     def extra_repr(self) -> str:
         kernel = "scaled_mm_w8a8" if self.use_scaled_mm else "weight_only"

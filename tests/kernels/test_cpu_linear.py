@@ -44,6 +44,18 @@ def test_row_results_do_not_depend_on_row_count(dtype):
         assert torch.equal(packed(x[:rows].contiguous()), full[:rows]), rows
 
 
+@pytest.mark.parametrize("dtype", _dtypes())
+def test_long_batches_keep_each_rows_result(dtype):
+    """On AMX Xeons oneDNN split K for 150-260 rows of a 576x1536 bf16 matmul, changing those
+    rows' sums; the chunked call keeps every row equal to its result in a 4-row call."""
+    torch.manual_seed(3)
+    packed = PackedLinear(nn.Linear(1536, 576, bias=False).to(dtype))
+    x = torch.randn(300, 1536).to(dtype)
+    alone = torch.cat([packed(x[i:i + 1].expand(4, -1).contiguous())[:1] for i in range(300)])
+    for rows in (129, 150, 182, 200, 256, 300):
+        assert torch.equal(packed(x[:rows]), alone[:rows]), rows
+
+
 @pytest.mark.skipif(not packing_supported(torch.float32, CPU), reason="oneDNN unavailable in this torch build")
 def test_pack_linears_swaps_only_plain_linears_and_keeps_tied_embedding():
     torch.manual_seed(2)

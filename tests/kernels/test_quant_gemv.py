@@ -59,19 +59,51 @@ def test_fp8_decode_is_exact_for_every_code_including_subnormals():
 
 
 @pytest.mark.parametrize("n,k,group,symmetric", [(960, 576, 32, False), (960, 576, 64, True),
-                                                 (128, 1536, 128, False), (64, 128, 32, True)])
+                                                 (128, 1536, 128, False), (64, 128, 32, True),
+                                                 (80, 256, 128, False), (48, 96, 32, True)])
 @pytest.mark.parametrize("rows", ROWS)
 def test_int4_mm_matches_float64_of_the_packed_weight(n, k, rows, group, symmetric):
-    if kernels._cpu_layout() != (64, True):
-        pytest.skip("inferd's int4 kernel reads torch's AVX-512 layout; this CPU packs another")
+    if not kernels.tiles_apply(n, k):
+        pytest.skip("inferd's int4 kernel needs AVX-512 VNNI, which this CPU lacks")
     layer = Int4Linear.from_linear(_linear(n, k), group_size=group, symmetric=symmetric)
+    assert kernels.native_int4_applies(layer.qweight)
     weight = kernels.int4_dequantize_cpu(layer.qweight, n, k, group, layer.scale_zeros, torch.float32)
     x = _x(rows, k)
     y = cpu_ops.ops().int4_mm(x, layer.qweight, group, layer.scale_zeros)
     assert _rel_err(y, x.double() @ weight.double().T) < 8e-3
-    # and agrees with torch's own kernel on the same packed weight
-    assert _rel_err(y, torch.ops.aten._weight_int4pack_mm_for_cpu(
-        x, layer.qweight, group, layer.scale_zeros).double()) < 1.6e-2
+    # and agrees with torch's own kernel on torch's packing of the same codes and pairs
+    codes = kernels.unpack_int4_cpu(layer.qweight, n, k)
+    torch_packed, _ = kernels.pack_int4_cpu(codes)
+    pairs = kernels._tile_pairs_as_tinygemm(layer.scale_zeros)
+    assert _rel_err(y, torch.ops.aten._weight_int4pack_mm_for_cpu(x, torch_packed, group, pairs).double()) < 1.6e-2
+
+
+def test_int4_activation_digits_keep_16_bits_of_each_group():
+    """The kernel holds x as 16-bit integers against each group's largest |x|: with a large
+    outlier in one group, the other groups keep their own precision."""
+    if not kernels.tiles_apply(64, 128):
+        pytest.skip("inferd's int4 kernel needs AVX-512 VNNI, which this CPU lacks")
+    layer = Int4Linear.from_linear(_linear(64, 128), group_size=32, symmetric=False)
+    weight = kernels.int4_dequantize_cpu(layer.qweight, 64, 128, 32, layer.scale_zeros, torch.float64)
+    x = _x(1, 128, seed=3) * 1e-3
+    x[0, 5] = 300.0  # an outlier channel in group 0
+    y = cpu_ops.ops().int4_mm(x, layer.qweight, 32, layer.scale_zeros).double()
+    x64 = x.double()
+    # Each group's share, exactly: groups 1-3 must not lose precision to group 0's outlier.
+    rest = x64[:, 32:] @ weight[:, 32:].T
+    outlier = x64[:, :32] @ weight[:, :32].T
+    err = (y - rest - outlier).abs()
+    assert (err <= 2**-8 * (rest.abs() + outlier.abs()) + 300 * 2**-15 * weight[:, :32].abs().sum(1)).all()
+
+
+def test_int4_nonfinite_activations_propagate():
+    if not kernels.tiles_apply(64, 64):
+        pytest.skip("inferd's int4 kernel needs AVX-512 VNNI, which this CPU lacks")
+    layer = Int4Linear.from_linear(_linear(64, 64), group_size=32, symmetric=True)
+    x = _x(2, 64)
+    x[0, 3] = float("inf")
+    y = cpu_ops.ops().int4_mm(x, layer.qweight, 32, layer.scale_zeros)
+    assert not torch.isfinite(y[0]).any() and torch.isfinite(y[1]).all()
 
 
 def test_rows_do_not_depend_on_how_many_share_the_call():

@@ -13,7 +13,7 @@ from inferd.quant import (
     quantize_int8,
     unpack_int4,
 )
-from inferd.quant.kernels import fp8_to_bf16, pack_int4_cpu, unpack_int4_cpu
+from inferd.quant.kernels import fp8_to_bf16, pack_int4_cpu, pack_int4_tiles, unpack_int4_cpu
 
 # Slack for float32 arithmetic inside quantize/dequantize (a few ulps of the scale).
 F32_SLACK = 1e-6
@@ -40,6 +40,17 @@ def test_cpu_kernel_layout_unpacks_exactly(n: int) -> None:
     packed, unpackable = pack_int4_cpu(codes)
     assert unpackable
     assert torch.equal(unpack_int4_cpu(packed, n, 96), codes)
+    tiles = pack_int4_tiles(codes)
+    assert tiles.shape == (n // 16, 12, 64)
+    assert torch.equal(unpack_int4_cpu(tiles, n, 96), codes)
+
+
+def test_tile_layout_puts_four_k_of_one_row_in_each_lane() -> None:
+    codes = torch.randint(0, 16, (16, 8), dtype=torch.uint8)
+    tiles = pack_int4_tiles(codes)[0, 0]  # the one tile's one 8-wide chunk
+    for i in range(16):
+        lane = tiles[4 * i:4 * i + 4]
+        assert torch.equal(lane & 0x0F, codes[i, :4]) and torch.equal(lane >> 4, codes[i, 4:])
 
 
 @pytest.mark.parametrize("group_size", [None, 32, 64])

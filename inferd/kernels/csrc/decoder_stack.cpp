@@ -1,0 +1,137 @@
+// The whole decoder stack of a Llama-family model for one CPU step, in one call from Python.
+//
+// It runs exactly the ops the model's fused Python path runs (inferd/model/llama.py), in the same
+// order and through the same kernels (looked up once in torch's dispatcher), so its result is
+// bitwise that path's; what it removes is Python between the kernels: module calls, attribute
+// lookups and argument parsing, about 2 ms a step at batch 1, and the gaps they leave between
+// weight reads. inferd/kernels/native_stack.py builds the arguments and decides when it applies.
+//
+// weights: per layer [input_norm, post_norm, then (a, b, bias) for qkv, o, gate_up, down], then
+// the final norm. layout: per layer (kind, group) for qkv, o, gate_up, down. Kinds:
+//   0 oneDNN-packed float weight a (mkldnn::_linear_pointwise, bias fused)
+//   1 int4 tiles a with scale_zeros b (int4_mm)      2 int8 rows a, scale b (int8_rows_mm)
+//   3 fp8 rows a, scale b (fp8_rows_mm)              4 int8 as two int4 planes (int4_mm on [x, x])
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+constexpr int64_t PER_LAYER = 14;  // tensors per layer in `weights`
+enum Kind : int64_t { PACKED = 0, INT4 = 1, INT8 = 2, FP8 = 3, INT8_PLANES = 4 };
+
+c10::OperatorHandle op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+}
+
+struct Kernels {
+  c10::TypedOperatorHandle<void(Tensor&, const Tensor&, const Tensor&, double)> rms_norm =
+      op("inferd_cpu::rms_norm").typed<void(Tensor&, const Tensor&, const Tensor&, double)>();
+  c10::TypedOperatorHandle<void(Tensor&, Tensor&, const Tensor&, double)> add_rms_norm =
+      op("inferd_cpu::add_rms_norm").typed<void(Tensor&, Tensor&, const Tensor&, double)>();
+  c10::TypedOperatorHandle<Tensor(const Tensor&)> silu_and_mul =
+      op("inferd_cpu::silu_and_mul").typed<Tensor(const Tensor&)>();
+  c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&, const Tensor&,
+                                  int64_t)>
+      rope_write_kv = op("inferd_cpu::rope_write_kv")
+                          .typed<Tensor(const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&,
+                                        const Tensor&, int64_t)>();
+  c10::TypedOperatorHandle<void(Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                double, int64_t)>
+      attention = op("inferd_cpu::paged_attention_rows")
+                      .typed<void(Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                  const Tensor&, double, int64_t)>();
+  c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&, int64_t, const Tensor&)> int4_mm =
+      op("inferd_cpu::int4_mm").typed<Tensor(const Tensor&, const Tensor&, int64_t, const Tensor&)>();
+  c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&, const Tensor&)> int8_rows_mm =
+      op("inferd_cpu::int8_rows_mm").typed<Tensor(const Tensor&, const Tensor&, const Tensor&)>();
+  c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&, const Tensor&)> fp8_rows_mm =
+      op("inferd_cpu::fp8_rows_mm").typed<Tensor(const Tensor&, const Tensor&, const Tensor&)>();
+  c10::OperatorHandle packed_linear = op("mkldnn::_linear_pointwise");
+};
+
+const Kernels& kernels() {
+  static const Kernels k;
+  return k;
+}
+
+Tensor weight_at(const c10::List<std::optional<Tensor>>& w, int64_t i) {
+  std::optional<Tensor> t = w.get(i);
+  return t.has_value() ? *t : Tensor();
+}
+
+// One linear layer, as its Python module's forward computes it for these rows.
+Tensor linear(int64_t kind, int64_t group, const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& x) {
+  const Kernels& k = kernels();
+  Tensor y;
+  switch (kind) {
+    case PACKED: {
+      std::vector<c10::IValue> stack{x, a, bias.defined() ? c10::IValue(bias) : c10::IValue(), std::string("none"),
+                                     c10::List<std::optional<c10::Scalar>>(), std::optional<std::string>("")};
+      k.packed_linear.callBoxed(&stack);
+      return stack[0].toTensor();
+    }
+    case INT4: y = k.int4_mm.call(x, a, group, b); break;
+    case INT8: y = k.int8_rows_mm.call(x, a, b); break;
+    case FP8: y = k.fp8_rows_mm.call(x, a, b); break;
+    case INT8_PLANES: y = k.int4_mm.call(at::cat({x, x}, 1), a, group, b); break;
+    default: TORCH_CHECK(false, "decoder_stack: unknown linear kind ", kind);
+  }
+  return bias.defined() ? y + bias : y;
+}
+
+// x: the embeddings [T, hidden], which become the first residual (updated in place, as the
+// Python path does). Returns the final-normed hidden states [T, hidden].
+Tensor decoder_stack(const Tensor& x_in, const c10::List<std::optional<Tensor>>& weights, at::IntArrayRef layout,
+                     double eps, double scale, int64_t num_heads, int64_t head_dim, int64_t window,
+                     const Tensor& cos, const Tensor& sin_signed, at::TensorList kv_caches, const Tensor& slots,
+                     const Tensor& tables, const Tensor& lens) {
+  const int64_t layers = static_cast<int64_t>(kv_caches.size()) / 2;
+  TORCH_CHECK(static_cast<int64_t>(weights.size()) == layers * PER_LAYER + 1 &&
+                  static_cast<int64_t>(layout.size()) == layers * 8,
+              "decoder_stack: weights/layout do not describe ", layers, " layers");
+  const Kernels& k = kernels();
+  const int64_t t = x_in.size(0), rows = lens.size(0);
+  Tensor residual = x_in, x = at::empty_like(x_in);
+  k.rms_norm.call(x, x_in, weight_at(weights, 0), eps);
+  for (int64_t l = 0; l < layers; ++l) {
+    const int64_t w0 = l * PER_LAYER;
+    const int64_t* lay = layout.data() + l * 8;
+    auto run = [&](int i, const Tensor& in) {
+      const int64_t base = w0 + 2 + 3 * i;
+      return linear(lay[2 * i], lay[2 * i + 1], weight_at(weights, base), weight_at(weights, base + 1),
+                    weight_at(weights, base + 2), in);
+    };
+    if (l > 0) k.add_rms_norm.call(x, residual, weight_at(weights, w0), eps);
+    Tensor kc = kv_caches[2 * l], vc = kv_caches[2 * l + 1];
+    const Tensor qkv = run(0, x);
+    const Tensor q = k.rope_write_kv.call(qkv, cos, sin_signed, kc, vc, slots, num_heads);
+    Tensor out = at::empty_like(q);
+    if (rows < t) out.narrow(0, rows, t - rows).zero_();  // padding rows
+    Tensor real = out.narrow(0, 0, rows);
+    k.attention.call(real, q.narrow(0, 0, rows), kc, vc, tables, lens, scale, window);
+    Tensor o = run(1, out.view({t, num_heads * head_dim}));
+    k.add_rms_norm.call(o, residual, weight_at(weights, w0 + 1), eps);
+    x = run(3, k.silu_and_mul.call(run(2, o)));
+  }
+  k.add_rms_norm.call(x, residual, weight_at(weights, layers * PER_LAYER), eps);
+  return x;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(inferd_cpu, m) {
+  m.def("decoder_stack(Tensor(b!) x, Tensor?[] weights, int[] layout, float eps, float scale, int num_heads, "
+        "int head_dim, int sliding_window, Tensor cos, Tensor sin_signed, Tensor(a!)[] kv_caches, Tensor slots, "
+        "Tensor block_tables, Tensor seq_lens) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(inferd_cpu, CPU, m) { m.impl("decoder_stack", decoder_stack); }
+// oneDNN-packed weights are MkldnnCPU tensors, which route the whole call to that key.
+TORCH_LIBRARY_IMPL(inferd_cpu, MkldnnCPU, m) { m.impl("decoder_stack", decoder_stack); }

@@ -1,0 +1,93 @@
+"""The model's decoder layers as one native call per CPU step (csrc/decoder_stack.cpp).
+
+A decode step of a small model spends milliseconds in Python between kernels. When every
+linear of every layer has a native kernel for the step's row count, the runner's model hands
+the whole stack to one C++ op that calls the same kernels in the same order, so the result is
+bitwise the Python path's (tested). Each linear module describes itself with `native_spec`;
+anything without one (or a quantized KV cache, an unusual head layout) keeps the Python path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from inferd.kernels import cpu_ops
+from inferd.kernels.attention import NATIVE_HEAD_DIMS, AttentionMetadata
+
+PACKED, INT4, INT8, FP8, INT8_PLANES = range(5)  # the linear kinds decoder_stack.cpp runs
+
+
+@dataclass(frozen=True)
+class NativeLinear:
+    """How decoder_stack.cpp runs one linear: its kind, tensors, and the largest row count for
+    which that is what the module's own forward would run."""
+
+    kind: int
+    a: torch.Tensor
+    b: torch.Tensor | None = None
+    bias: torch.Tensor | None = None  # already in the activation dtype
+    group: int = 0
+    max_rows: int = 1 << 30
+    activation_dtype: torch.dtype | None = None  # None: any float dtype; else only this one
+
+
+def _spec(module: nn.Module, dtype: torch.dtype) -> NativeLinear | None:
+    spec_of = getattr(module, "native_spec", None)
+    spec = spec_of(dtype) if spec_of is not None else None
+    if spec is None or spec.activation_dtype not in (None, dtype):
+        return None
+    return spec
+
+
+class NativeStack:
+    """One model's layers as decoder_stack's arguments, built once (rebuild after swapping
+    modules: the stack holds the tensors it was built from)."""
+
+    def __init__(self, weights: list[torch.Tensor | None], layout: list[int], max_rows: int,
+                 dtype: torch.dtype, eps: float, scale: float, num_heads: int, head_dim: int):
+        self.weights, self.layout, self.max_rows, self.dtype = weights, layout, max_rows, dtype
+        self.eps, self.scale, self.num_heads, self.head_dim = eps, scale, num_heads, head_dim
+
+    @classmethod
+    def build(cls, model: nn.Module, dtype: torch.dtype) -> NativeStack | None:
+        """The stack for `model` (a LlamaForCausalLM on CPU), or None where some part has no
+        native kernel."""
+        cfg = model.config
+        if (dtype not in (torch.float32, torch.bfloat16) or not cpu_ops.available()
+                or cfg.head_dim not in NATIVE_HEAD_DIMS or not 1 <= cfg.num_heads // cfg.num_kv_heads <= 8):
+            return None
+        weights: list[torch.Tensor | None] = []
+        layout: list[int] = []
+        max_rows = 1 << 30
+        for layer in model.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            weights += [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
+            for module in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj):
+                spec = _spec(module, dtype)
+                if spec is None:
+                    return None
+                weights += [spec.a, spec.b, spec.bias]
+                layout += [spec.kind, spec.group]
+                max_rows = min(max_rows, spec.max_rows)
+        weights.append(model.model.norm.weight)
+        eps = model.model.norm.eps
+        if any(m.eps != eps for layer in model.model.layers
+               for m in (layer.input_layernorm, layer.post_attention_layernorm)):
+            return None
+        return cls(weights, layout, max_rows, dtype, eps, cfg.head_dim ** -0.5, cfg.num_heads, cfg.head_dim)
+
+    def serves(self, x: torch.Tensor, kv_caches: list) -> bool:
+        k0 = kv_caches[0][0]
+        return (x.shape[0] <= self.max_rows and x.dtype == self.dtype
+                and isinstance(k0, torch.Tensor) and k0.dtype == x.dtype)
+
+    def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, kv_caches: list,
+                 meta: AttentionMetadata) -> torch.Tensor:
+        tables, lens = meta.row_tables()
+        flat = [t for pair in kv_caches for t in pair]
+        return cpu_ops.ops().decoder_stack(
+            x, self.weights, self.layout, self.eps, self.scale, self.num_heads, self.head_dim,
+            meta.sliding_window or 0, cos, sin_signed, flat, meta.slot_mapping, tables, lens)
