@@ -29,6 +29,8 @@ CONFIGS = {  # label -> (dtype, quantization, extra LLM keywords)
     "int8+head": ("bfloat16", "int8", {"quant_lm_head": True}),
     "int4-g32-asym+head": ("bfloat16", "int4", {**G32_ASYM, "quant_lm_head": True}),
     "int4-g32-asym+head-int8": ("bfloat16", "int4", {**G32_ASYM, "quant_lm_head": "int8"}),
+    # The file's own Q4_1 blocks for the layers and the head: what llama.cpp runs.
+    "int4-gguf-blocks+head": ("bfloat16", "gguf", {"quant_lm_head": True}),
 }
 
 

@@ -1,8 +1,9 @@
 """Fused CPU kernels (csrc/*.cpp), built on first use, with plain-torch fallbacks.
 
 A small model's CPU decode step is dominated by per-op overhead, not arithmetic: these kernels
-replace several torch ops each (see cpu_ops.cpp's header), and quant_gemv.cpp reads quantized
-weights at memory speed for decode-sized batches. They are compiled once per machine
+replace several torch ops each (see cpu_ops.cpp's header), quant_gemv.cpp reads quantized
+weights at memory speed for decode-sized batches, and decoder_stack.cpp runs a model's whole
+layer stack in one call (native_stack.py). They are compiled once per machine
 with the system C++ compiler through torch's extension builder (about 20 s, cached under
 ~/.cache/torch_extensions) for the machine's own vector instructions. Where no compiler works,
 or with INFERD_NATIVE_CPU=0, every caller uses the torch ops that compute the same thing.

@@ -91,7 +91,10 @@ def _quantize(model: LlamaForCausalLM, cfg: ModelConfig, arch: ArchConfig, reade
             raise ValueError("--quantization gguf keeps a GGUF file's blocks; this model is not a .gguf file")
         from inferd.quant.gguf_model import keep_gguf_blocks
 
-        return keep_gguf_blocks(model, reader, arch)
+        if isinstance(cfg.quant_lm_head, str):
+            raise ValueError("--quantization gguf keeps the file's own blocks; --quant-lm-head takes no "
+                             "method there (give it alone to keep the head's blocks too)")
+        return keep_gguf_blocks(model, reader, arch, head=bool(cfg.quant_lm_head))
     from inferd.quant.apply import quantize_model_and_head
 
     return quantize_model_and_head(model, cfg.quantization, cfg.quant_lm_head,

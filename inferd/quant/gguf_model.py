@@ -52,8 +52,11 @@ def _concat(parts: list[Int8Weight | Int4Weight]) -> Int8Weight | Int4Weight | N
                       None if first.min is None else torch.cat([p.min for p in parts]), first.group_size)
 
 
-def keep_gguf_blocks(model: torch.nn.Module, reader: GGUFFile, arch: ArchConfig) -> QuantReport:
-    """Replace fused linears by block-exact quantized modules where the file allows it."""
+def keep_gguf_blocks(model: torch.nn.Module, reader: GGUFFile, arch: ArchConfig,
+                     head: bool = False) -> QuantReport:
+    """Replace fused linears by block-exact quantized modules where the file allows it; with
+    `head`, the output head too, from the file's own `output` tensor (or, tied, `token_embd`):
+    the configuration llama.cpp runs the file in."""
     tensors = {t.name: t for t in reader.tensors}
     report = QuantReport("gguf")
     supported = {int(t) for t in SUPPORTED_GGUF_TYPES}
@@ -82,4 +85,24 @@ def keep_gguf_blocks(model: torch.nn.Module, reader: GGUFFile, arch: ArchConfig)
             report.bytes_after += fused.nbytes
             _set_module(model, name, new)
             report.quantized.append(name)
+    if head:
+        _keep_head_blocks(model, tensors, arch, report, device)
     return report
+
+
+def _keep_head_blocks(model: torch.nn.Module, tensors: dict, arch: ArchConfig, report: QuantReport,
+                      device: torch.device) -> None:
+    raw = tensors.get("output.weight") or (tensors.get("token_embd.weight") if arch.tie_word_embeddings else None)
+    if raw is None or raw.ggml_type not in {int(t) for t in SUPPORTED_GGUF_TYPES}:
+        kind = "missing" if raw is None else GGMLQuantizationType(raw.ggml_type).name
+        report.skipped["lm_head"] = f"GGUF head tensor is {kind}: no block-exact format"
+        return
+    weight = from_gguf_blocks(raw.data, raw.ggml_type, raw.shape)
+    old = model.lm_head
+    report.bytes_before += old.weight.numel() * old.weight.element_size()
+    new = linear_from_quantized(weight, None, device=device)
+    _set_module(model, "lm_head", new)
+    report.quantized.append("lm_head")
+    report.bytes_after += weight.nbytes
+    if arch.tie_word_embeddings:  # the embedding keeps its float table: the same values, dequantized
+        report.tied["lm_head"] = "model.embed_tokens keeps the float copy of the same blocks"

@@ -1,7 +1,8 @@
 """Thin wrappers over torch's quantized matmul ops: weight layouts, their quirks, and dispatch.
 
 Everything device-specific about a quantized matmul lives here so `linear.py` reads as policy.
-CPU: inferd's own kernels (csrc/quant_gemv.cpp) where built; torch's as the fallback.
+CPU: inferd's own kernels (csrc/quant_gemv.cpp) where built, int4 in inferd's own tile layout;
+torch's kernels and layouts as the fallback.
 `_weight_int8pack_mm` and `_weight_int4pack_mm_for_cpu` are only vectorised for bfloat16
 activations (float32/float16 run a scalar loop 10-40x slower), and both want bf16 scales.
 CUDA: `_weight_int4pack_mm` (tinygemm, bf16, sm80+) and `torch._scaled_mm` (fp8, sm89+); its

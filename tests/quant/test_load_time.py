@@ -54,6 +54,22 @@ def test_gguf_mode_keeps_the_files_blocks_exactly():
     assert (a - b).abs().max().item() < 1.0
 
 
+@pytest.mark.slow
+def test_gguf_mode_with_head_keeps_the_files_head_blocks():
+    """--quantization gguf --quant-lm-head: the head comes from the file's own (tied) token_embd
+    blocks, as llama.cpp runs it; the embedding keeps the float copy of the same values."""
+    kept = load_model(ModelConfig(dtype="float32", quantization="gguf", quant_lm_head=True))
+    head, table = kept.model.lm_head, kept.model.model.embed_tokens.weight
+    assert "lm_head" in kept.quant_report.quantized and not isinstance(head, torch.nn.Linear)
+    assert head.weight_bytes < table.numel() * 2  # 8 bits or fewer a weight, not a float copy
+    x = torch.randn(3, table.shape[1])
+    ref = x.double() @ table.double().T  # the float table *is* the dequantized file
+    err = (head(x).double() - ref).abs().max() / ref.abs().max()
+    assert err < 1e-2  # bf16 activations, scales and output only
+    with pytest.raises(ValueError, match="takes no method"):
+        load_model(ModelConfig(dtype="float32", quantization="gguf", quant_lm_head="int8"))
+
+
 def test_lm_head_can_take_its_own_method(tiny_llama):
     """int4 layers with an int8 head: each module gets the method asked for, the tie holds."""
     loaded = load_model(ModelConfig(model=str(tiny_llama), dtype="bfloat16", quantization="int4",

@@ -315,7 +315,7 @@ void int4_tiles(const QuantizedRows& q, int64_t r0, const uint8_t* codes, const 
 
 using TileFn = void (*)(const QuantizedRows&, int64_t, const uint8_t*, const BFloat16*, int64_t, int64_t, int64_t,
                         BFloat16*, int64_t);
-constexpr int64_t UNIT_TILES = 4;  // tiles (64 output rows) per unit of parallel work
+constexpr int64_t UNIT_TILES = 4;  // tiles (64 output rows) a thread runs at once
 
 // Register budget: one row of x runs four tiles at once (eight dot-product chains, enough to
 // hide the instruction's latency); more rows share fewer tiles.
@@ -348,10 +348,11 @@ Tensor int4_mm(const Tensor& x, const Tensor& codes, int64_t group, const Tensor
   const uint8_t* cp = static_cast<const uint8_t*>(codes.const_data_ptr());
   const BFloat16* szp = scale_zeros.const_data_ptr<BFloat16>();
   BFloat16* yp = y.mutable_data_ptr<BFloat16>();
-  const int64_t units = (tiles + UNIT_TILES - 1) / UNIT_TILES;
-  at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
-    for (int64_t u = u0; u < u1; ++u) {
-      const int64_t first = u * UNIT_TILES, last = std::min(tiles, first + UNIT_TILES);
+  // Each thread takes one contiguous run of tiles (an even split: whole 4-tile units left one
+  // thread with a quarter more work on 576-row weights) and walks it UNIT_TILES at a time.
+  at::parallel_for(0, tiles, UNIT_TILES, [&](int64_t begin, int64_t end) {
+    for (int64_t first = begin; first < end; first += UNIT_TILES) {
+      const int64_t last = std::min(end, first + UNIT_TILES);
       // Rows in passes over the unit's tiles: after the first pass its weights are in cache.
       for (int64_t r0 = 0; r0 < rows; r0 += 4) {
         const int64_t r = std::min<int64_t>(4, rows - r0);
