@@ -33,22 +33,31 @@ class Int4Packed:
     """An int4 weight in the layout of the kernel that will run it."""
 
     qweight: torch.Tensor
-    scale_zeros: torch.Tensor  # tiles: [N/16, G, 16, 2]; torch and CUDA: [G, N, 2]; bf16
+    scale_zeros: torch.Tensor  # tiles: fp16 [N/16, G, 2, 16] (scale, min); tinygemm: bf16 [G, N, 2]
     unpackable: bool  # `int4_dequantize_cpu` can recover the weight (for dequant + GEMM paths)
 
 
-def pack_int4(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+def pack_int4(codes: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor,
               device: torch.device) -> Int4Packed:
-    """Codes uint8 [N, K] in [0, 15], scale and zero float [N, G] -> the layout `int4_mm` runs
-    fastest on `device`. Layouts depend on the machine: save the `Int4Weight`, never this."""
-    codes, scale, zero = codes.to(device), scale.to(device), zero.to(device)
+    """Codes uint8 [N, K] in [0, 15] with w = q * scale + minimum (scale, minimum float [N, G])
+    -> the layout `int4_mm` runs fastest on `device`. Layouts depend on the machine: save the
+    `Int4Weight`, never this."""
+    codes, scale, minimum = codes.to(device), scale.to(device), minimum.to(device)
     n, k = codes.shape
+    zero = minimum + 8 * scale  # tinygemm's convention: w = (q - 8) * scale + zero
     if device.type == "cuda":
         return Int4Packed(pack_int4_cuda(codes), int4_scale_zeros(scale, zero), False)
-    if tiles_apply(n, k):
-        return Int4Packed(pack_int4_tiles(codes), tile_scale_zeros(scale, zero), True)
+    if tiles_apply(n, k) and fp16_holds(scale) and fp16_holds(minimum):
+        return Int4Packed(pack_int4_tiles(codes), tile_scale_min(scale, minimum), True)
     packed, unpackable = pack_int4_cpu(codes)
     return Int4Packed(packed, int4_scale_zeros(scale, zero), unpackable)
+
+
+def fp16_holds(t: torch.Tensor) -> bool:
+    """Whether float16 keeps every value to its full 11 bits: nothing past its largest normal
+    value, nothing non-zero below its smallest (GGUF's own fp16 scales always qualify)."""
+    a = t.abs()
+    return bool(((a <= 65504) & ((a == 0) | (a >= 2.0**-14))).all())
 
 
 def int4_scale_zeros(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
@@ -56,17 +65,20 @@ def int4_scale_zeros(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
     return torch.stack([scale.t(), zero.t()], dim=-1).to(torch.bfloat16).contiguous()
 
 
-def tile_scale_zeros(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    """[N, G] scale and zero -> [N/16, G, 16, 2] bf16: each tile's pairs for a group in one line."""
+def tile_scale_min(scale: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
+    """[N, G] scale and min -> fp16 [N/16, G, 2, 16]: a tile's 16 scales, then its 16 mins, for
+    each group in one 64-byte line. fp16 (11 bits) keeps GGUF Q4_0/Q4_1 scales exactly and
+    rounds others 8x finer than bf16, at the same two bytes."""
     n, g = scale.shape
-    pairs = torch.stack([scale, zero], dim=-1).to(torch.bfloat16)  # [N, G, 2]
-    return pairs.view(n // 16, 16, g, 2).permute(0, 2, 1, 3).contiguous()
+    pairs = torch.stack([scale, minimum], dim=-1).to(torch.float16)  # [N, G, 2]
+    return pairs.view(n // 16, 16, g, 2).permute(0, 2, 3, 1).contiguous()
 
 
-def _tile_pairs_as_tinygemm(scale_zeros: torch.Tensor) -> torch.Tensor:
-    """[N/16, G, 16, 2] -> the [G, N, 2] view of the same pairs."""
-    tiles, g = scale_zeros.shape[:2]
-    return scale_zeros.permute(1, 0, 2, 3).reshape(g, tiles * 16, 2)
+def _tile_pairs_as_tinygemm(scale_min: torch.Tensor) -> torch.Tensor:
+    """Tiles' fp16 (scale, min) [N/16, G, 2, 16] -> tinygemm's bf16 (scale, zero) [G, N, 2]."""
+    tiles, g = scale_min.shape[:2]
+    sm = scale_min.float().permute(1, 0, 3, 2).reshape(g, tiles * 16, 2)
+    return torch.stack([sm[..., 0], sm[..., 1] + 8 * sm[..., 0]], dim=-1).to(torch.bfloat16)
 
 
 def int4_shape_problem(n: int, k: int, group_size: int, device: torch.device) -> str | None:
@@ -184,12 +196,14 @@ def int4_dequantize_cpu(packed: torch.Tensor, n: int, k: int, group_size: int,
                         scale_zeros: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The [n, k] weight the CPU kernel multiplies by: computed in float32 like the kernel, then
     rounded once to `dtype`."""
-    if scale_zeros.dim() == 4:
-        scale_zeros = _tile_pairs_as_tinygemm(scale_zeros)
     q = unpack_int4_cpu(packed, n, k).view(n, k // group_size, group_size).float()
-    scale = scale_zeros[..., 0].t().unsqueeze(-1).float()
-    zero = scale_zeros[..., 1].t().unsqueeze(-1).float() - 8 * scale  # (q - 8) s + z, one pass
-    return torch.addcmul(zero, q, scale).reshape(n, k).to(dtype)
+    if scale_zeros.dim() == 4:  # tiles: w = q * scale + min
+        sm = scale_zeros.float().permute(0, 3, 1, 2).reshape(n, k // group_size, 2)
+        scale, minimum = sm[..., 0:1], sm[..., 1:2]
+    else:  # tinygemm: w = (q - 8) * scale + zero
+        scale = scale_zeros[..., 0].t().unsqueeze(-1).float()
+        minimum = scale_zeros[..., 1].t().unsqueeze(-1).float() - 8 * scale
+    return torch.addcmul(minimum, q, scale).reshape(n, k).to(dtype)
 
 
 # ---- int8 --------------------------------------------------------------------------------------

@@ -144,8 +144,8 @@ class Int8Linear(_QuantLinear):
         q = weight.qweight.to(torch.int16)
         codes = torch.cat([(q >> 4) + 8, q & 0x0F], dim=1)  # arithmetic shift: hi in [-8, 7]
         scale = torch.cat([16 * d, d], dim=1)
-        zero = torch.cat([torch.zeros_like(d), 8 * d], dim=1)
-        packed = kernels.pack_int4(codes, scale, zero, device)
+        minimum = torch.cat([-128 * d, torch.zeros_like(d)], dim=1)  # (c - 8) 16 d and c d
+        packed = kernels.pack_int4(codes, scale, minimum, device)
         self.register_buffer("qweight", packed.qweight)
         self.register_buffer("scale_zeros", packed.scale_zeros)
 
@@ -194,10 +194,10 @@ class Int8Linear(_QuantLinear):
 
 
 class Int4Linear(_QuantLinear):
-    """INT4 group-wise weights on torch's tinygemm kernels (w = (q - 8) * scale + zero).
-
-    Scales and zeros are held in bf16, as both kernels require; that rounds them by at most
-    2**-9 relative, far below the int4 step itself.
+    """INT4 group-wise weights: on CPU inferd's VNNI kernel (tile layout, w = q * scale + min
+    with scale and min in fp16: GGUF's own fp16 values exactly, others rounded by at most 2**-12
+    relative); elsewhere torch's tinygemm kernels (w = (q - 8) * scale + zero, both in bf16 as
+    those kernels require: at most 2**-9 relative).
     """
 
     def __init__(self, weight: Int4Weight, bias: torch.Tensor | None = None, *,
@@ -211,8 +211,8 @@ class Int4Linear(_QuantLinear):
             raise ValueError(problem)
         self.group_size = weight.group_size
         self.symmetric = weight.symmetric
-        scale, zero = weight.kernel_scale_and_zero()
-        packed = kernels.pack_int4(weight.unpacked(), scale, zero, device)
+        minimum = weight.min if weight.min is not None else -8 * weight.scale
+        packed = kernels.pack_int4(weight.unpacked(), weight.scale, minimum, device)
         self._unpackable = packed.unpackable
         self.register_buffer("qweight", packed.qweight)
         self.register_buffer("scale_zeros", packed.scale_zeros)

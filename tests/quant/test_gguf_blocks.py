@@ -71,6 +71,18 @@ def test_modules_from_gguf_match_reference(qtype: Q, kind: type, tokens: int) ->
     assert ((module(x).double() - ref).abs() <= bound).all()
 
 
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1], ids=["Q4_0", "Q4_1"])
+def test_cpu_int4_module_keeps_q4_blocks_exactly(qtype: Q) -> None:
+    """On inferd's CPU kernel the module multiplies by the file's values themselves: Q4_0/Q4_1
+    scales and mins are fp16 and the tile layout holds them in fp16."""
+    n, k = 64, 256
+    weight = from_gguf_blocks(_raw(qtype, n, k), qtype, (n, k))
+    module = linear_from_quantized(weight)
+    if module.scale_zeros.dtype != torch.float16:
+        pytest.skip("inferd's int4 kernel (AVX-512 VNNI) is not built on this CPU")
+    assert torch.equal(module.dequantize(), weight.dequantize())
+
+
 def test_bad_gguf_inputs() -> None:
     raw = _raw(Q.Q4_0, 16, 64)
     with pytest.raises(ValueError, match="do not hold a 16x128 tensor"):

@@ -86,12 +86,18 @@ def test_bias_leading_dims_and_bf16_inputs(cls: type) -> None:
     _check(module, weight, x.to(torch.bfloat16), linear.bias)
 
 
-def test_int4_module_dequantize_is_the_format_with_bf16_scales() -> None:
+def test_int4_module_dequantize_is_the_format_with_its_layouts_scales() -> None:
     weight = quantize_int4(_linear(128, 64).weight, 32, symmetric=False)
     module = Int4Linear(weight)
-    # The kernel's own weight: the format's values with scale and zero rounded to bf16 once each.
     err = (module.dequantize().double() - weight.dequantize().double()).abs()
-    assert (err <= 2 * BF16_U * magnitude(weight) + 1e-7).all()
+    if module.scale_zeros.dtype == torch.float16:
+        # inferd's tiles: scale and min rounded to fp16 (unit roundoff 2**-11) once each.
+        q = weight.unpacked().double()
+        scale = weight.scale.double().repeat_interleave(32, 1)
+        low = weight.min.double().abs().repeat_interleave(32, 1)
+        assert (err <= 2.0**-11 * ((q * scale).abs() + low) * 1.01 + 1e-9).all()
+    else:  # tinygemm: scale and zero rounded to bf16 once each
+        assert (err <= 2 * BF16_U * magnitude(weight) + 1e-7).all()
     assert module._unpackable  # so batches >= CPU_INT4_DEQUANT_FROM take dequant + GEMM
     assert qlinear.CPU_INT4_DEQUANT_FROM <= max(TOKENS)
 

@@ -4,7 +4,7 @@
 //   int8_rows_mm  int8 [N, K] row-major, one scale (fp32 or bf16) per output row
 //   fp8_rows_mm   float8_e4m3fn [N, K] row-major, one scale (fp32 or bf16) per output row
 //   int4_mm       inferd's int4 tile layout ([N/16, K/8, 64] bytes, see its section below),
-//                 bf16 (scale, zero) pairs [N/16, K/group, 16, 2]: w = (q-8)s+z
+//                 fp16 (scale, min) [N/16, K/group, 2, 16]: w = q s + m
 // Decode is memory-bound: each weight byte is read once per call and widened in registers.
 // Rows are computed independently in a fixed order, so results do not depend on how many rows
 // share the call. Registered next to cpu_ops.cpp's kernels as torch.ops.inferd_cpu.*.
@@ -13,6 +13,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -196,12 +197,13 @@ Tensor fp8_rows_mm(const Tensor& x, const Tensor& w, const Tensor& scale) {
 // The weight layout (made by inferd/quant/kernels.py, pack_int4_tiles) serves vpdpbusd, which
 // adds four u8 x s8 products into each int32 lane: codes [N/16, K/8, 64] uint8, tile t holding
 // rows 16t..16t+15; in each 8-wide k chunk byte 4i+j has row i's code for k0+j in its low nibble
-// and for k0+4+j in its high nibble. scale_zeros [N/16, K/group, 16, 2] bf16 (s, z), w = (q-8)s+z.
+// and for k0+4+j in its high nibble. scale_min [N/16, K/group, 2, 16] fp16: per tile and group
+// 16 scales s then 16 mins m, w = q s + m (fp16 holds GGUF's Q4_0/Q4_1 values exactly).
 //
 // Activations are held exactly enough in integers: per row and group, x = sx X + e with X an
 // integer, |X| <= X_MAX and |e| <= sx / 2 = max|x| / 65278 (16 bits against the group's largest
 // value; bf16 itself keeps 8), split as X = 256 h + l with h, l int8. Then per group
-//   sum_k x w = s sx sum_k q X + (z - 8 s) sum_k x,   sum_k q X = 256 sum q h + sum q l,
+//   sum_k x w = s sx sum_k q X + m sum_k x,   sum_k q X = 256 sum q h + sum q l,
 // both integer sums exact; one u8 x s8 instruction covers 64 weights, so batch-1 decode is
 // bound by memory, not by widening codes to floats (which held this CPU at ~14 GB/s a core).
 
@@ -258,7 +260,7 @@ inline __m512i broadcast4(const int8_t* p) {
 
 // R rows of x (from row r0) against T consecutive tiles (16 output rows each) from tile t0.
 template <int R, int T>
-void int4_tiles(const QuantizedRows& q, int64_t r0, const uint8_t* codes, const BFloat16* sz, int64_t k,
+void int4_tiles(const QuantizedRows& q, int64_t r0, const uint8_t* codes, const c10::Half* sz, int64_t k,
                 int64_t group, int64_t t0, BFloat16* y, int64_t n) {
   const int64_t groups = k / group, chunks = k / 8, per_group = group / 8;
   const __m512i low4 = _mm512_set1_epi8(0x0f);
@@ -291,16 +293,15 @@ void int4_tiles(const QuantizedRows& q, int64_t r0, const uint8_t* codes, const 
       }
     }
     for (int t = 0; t < T; ++t) {
-      const __m512i raw = _mm512_loadu_si512(sz + ((t0 + t) * groups + g) * 32);  // 16 (s, z) pairs
-      const __m512 s = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
-      const __m512 z = _mm512_castsi512_ps(_mm512_and_si512(raw, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
-      const __m512 zero = _mm512_fnmadd_ps(_mm512_set1_ps(8.f), s, z);  // z - 8 s
+      const c10::Half* sm = sz + ((t0 + t) * groups + g) * 32;  // 16 scales, then 16 mins
+      const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sm)));
+      const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sm + 16)));
       for (int r = 0; r < R; ++r) {
         const int64_t at = (r0 + r) * groups + g;
         // 256 h-sum + l-sum stays exact in int32 for any group up to 256 (|.| < 2^27).
         const __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(ih[r][t], 8), il[r][t]));
         acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_set1_ps(q.scale[at])), dot, acc[r][t]);
-        acc[r][t] = _mm512_fmadd_ps(zero, _mm512_set1_ps(q.sum[at]), acc[r][t]);
+        acc[r][t] = _mm512_fmadd_ps(mn, _mm512_set1_ps(q.sum[at]), acc[r][t]);
       }
     }
   }
@@ -313,7 +314,7 @@ void int4_tiles(const QuantizedRows& q, int64_t r0, const uint8_t* codes, const 
     }
 }
 
-using TileFn = void (*)(const QuantizedRows&, int64_t, const uint8_t*, const BFloat16*, int64_t, int64_t, int64_t,
+using TileFn = void (*)(const QuantizedRows&, int64_t, const uint8_t*, const c10::Half*, int64_t, int64_t, int64_t,
                         BFloat16*, int64_t);
 constexpr int64_t UNIT_TILES = 4;  // tiles (64 output rows) a thread runs at once
 
@@ -329,13 +330,13 @@ TileFn tile_fn(int64_t rows, int64_t tiles) {
 constexpr int64_t max_tiles(int64_t rows) { return rows == 1 ? 4 : rows == 2 ? 2 : 1; }
 #endif
 
-// x [M, K] bf16; codes [N/16, K/8, 64] and scale_zeros [N/16, K/group, 16, 2] bf16 in the tile
+// x [M, K] bf16; codes [N/16, K/8, 64] and scale_min [N/16, K/group, 2, 16] fp16 in the tile
 // layout above. Returns x @ W.T as bf16 [M, N]. Each row of x is computed on its own, in the same
 // order whatever M is.
 Tensor int4_mm(const Tensor& x, const Tensor& codes, int64_t group, const Tensor& scale_zeros) {
-  TORCH_CHECK(scale_zeros.dim() == 4 && scale_zeros.size(2) == 16 && scale_zeros.size(3) == 2 &&
-                  scale_zeros.is_contiguous() && scale_zeros.scalar_type() == at::kBFloat16,
-              "int4_mm: scale_zeros must be contiguous bf16 [N/16, K/group, 16, 2]");
+  TORCH_CHECK(scale_zeros.dim() == 4 && scale_zeros.size(2) == 2 && scale_zeros.size(3) == 16 &&
+                  scale_zeros.is_contiguous() && scale_zeros.scalar_type() == at::kHalf,
+              "int4_mm: scale_min must be contiguous fp16 [N/16, K/group, 2, 16]");
   const int64_t tiles = scale_zeros.size(0), n = tiles * 16, k = scale_zeros.size(1) * group;
   check_x(x, k, "int4_mm");
   TORCH_CHECK(group % 16 == 0 && codes.dim() == 3 && codes.size(0) == tiles && codes.size(1) == k / 8 &&
@@ -346,7 +347,7 @@ Tensor int4_mm(const Tensor& x, const Tensor& codes, int64_t group, const Tensor
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
   const QuantizedRows q = quantize_rows(x.const_data_ptr<BFloat16>(), rows, k, group);
   const uint8_t* cp = static_cast<const uint8_t*>(codes.const_data_ptr());
-  const BFloat16* szp = scale_zeros.const_data_ptr<BFloat16>();
+  const c10::Half* szp = scale_zeros.const_data_ptr<c10::Half>();
   BFloat16* yp = y.mutable_data_ptr<BFloat16>();
   // Each thread takes one contiguous run of tiles (an even split: whole 4-tile units left one
   // thread with a quarter more work on 576-row weights) and walks it UNIT_TILES at a time.
