@@ -97,7 +97,9 @@ def filter_logits(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
 def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: frozenset[int]) -> SampleResult:
     """logits: [B, V] fp32, row i belongs to seqs[i]."""
     processed = apply_penalties_and_masks(logits, seqs, eos_ids)
-    tokens = processed.argmax(dim=-1)
+    # max() gives the same index as argmax() (the first maximum) in a third of the time on CPU:
+    # argmax's CPU kernel is scalar (70 us a 49k-token row here, against 26).
+    tokens = processed.max(dim=-1).indices
     random_rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
     if random_rows:
         rows = torch.tensor(random_rows, device=logits.device)
