@@ -21,6 +21,7 @@ from inferd.kernels.attention import AttentionMetadata
 from inferd.kernels.cpu_linear import pack_linears
 from inferd.kernels.kv_quant import QuantizedKV
 from inferd.kernels.native_stack import NativeStack
+from inferd.kernels.weight_arena import move_to_hugepages
 from inferd.model.loader import LoadedModel
 
 GIB = 1 << 30
@@ -69,6 +70,7 @@ class ModelRunner:
         pack_linears(self.model)  # CPU float layers only; idempotent (packed layers are skipped)
         if self.device.type == "cpu":
             cpu_ops.available()  # build or load the fused kernels now, not during the first request
+            move_to_hugepages(self.model)  # before the stack is built: it holds the tensors
             if hasattr(self.model, "native_stack"):
                 self.model.native_stack = NativeStack.build(self.model, loaded.dtype)
         self.block_size = cache.block_size
