@@ -48,5 +48,6 @@ def move_to_hugepages(model: nn.Module) -> int:
             view = views.get(buf.data_ptr()) if buf is not None else None
             if (view is not None and buf.dtype == view.dtype and buf.numel() == view.numel()
                     and buf.is_contiguous()):
-                setattr(module, name, view.view(buf.shape))
+                # The same tensor object where the shape matches, so shared buffers stay shared.
+                setattr(module, name, view if view.shape == buf.shape else view.view(buf.shape))
     return offset

@@ -31,7 +31,7 @@ def test_weights_move_into_one_buffer_and_compute_the_same():
     storages = {m.qweight.untyped_storage().data_ptr() for m in (model.proj, model.head)}
     assert len(storages) == 1, "one buffer holds every streamed tensor"
     # The int8 head's tied table reads the head's own buffers: still one copy, in its own shape.
-    assert model.embed.qweight.data_ptr() == model.head.qweight.data_ptr()
+    assert model.embed.qweight is model.head.qweight
     assert model.embed.scale.data_ptr() == model.head.scale.data_ptr()
     after = (model.proj(x), model.head(x), model.embed(ids))
     for a, b in zip(before, after, strict=True):
