@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from inferd.kernels.native_stack import PACKED, NativeLinear
+
 
 def packing_supported(dtype: torch.dtype, device: torch.device) -> bool:
     """True where oneDNN has fast kernels for this dtype on this machine."""
@@ -53,10 +55,8 @@ class PackedLinear(nn.Module):
             out[lo:start + MAX_ROWS_PER_CALL] = self._mm(x[lo:start + MAX_ROWS_PER_CALL])
         return out
 
-    def native_spec(self, dtype: torch.dtype):
+    def native_spec(self) -> NativeLinear:
         """How decoder_stack.cpp runs this layer (one oneDNN call up to MAX_ROWS_PER_CALL rows)."""
-        from inferd.kernels.native_stack import PACKED, NativeLinear
-
         return NativeLinear(PACKED, self.packed_weight, bias=self.bias, max_rows=MAX_ROWS_PER_CALL)
 
     def _mm(self, x: torch.Tensor) -> torch.Tensor:

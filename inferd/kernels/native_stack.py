@@ -36,7 +36,7 @@ class NativeLinear:
 
 def _spec(module: nn.Module, dtype: torch.dtype) -> NativeLinear | None:
     spec_of = getattr(module, "native_spec", None)
-    spec = spec_of(dtype) if spec_of is not None else None
+    spec = spec_of() if spec_of is not None else None
     if spec is None or spec.activation_dtype not in (None, dtype):
         return None
     return spec

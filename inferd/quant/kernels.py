@@ -22,9 +22,9 @@ from inferd.quant.formats import FP8_MAX
 aten = torch.ops.aten
 
 # ---- int4 --------------------------------------------------------------------------------------
-# Every int4 kernel computes w = (q - 8) * scale + zero from bf16 (scale, zero) pairs. Three
-# layouts: inferd's tile layout for its own CPU kernel (csrc/quant_gemv.cpp, VNNI), torch's CPU
-# layout for `_weight_int4pack_mm_for_cpu` where that kernel is not built, and tinygemm's on CUDA.
+# Three layouts: inferd's tiles for its own CPU kernel (csrc/quant_gemv.cpp, VNNI; w = q * scale
+# + min, both fp16), torch's CPU layout for `_weight_int4pack_mm_for_cpu` where that kernel is not
+# built, and tinygemm's on CUDA (both w = (q - 8) * scale + zero from bf16 pairs [G, N, 2]).
 # The packed tensor's rank tells them apart: tiles [N/16, K/8, 64], torch's CPU [N, K/2].
 
 

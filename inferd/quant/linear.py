@@ -87,7 +87,7 @@ class _QuantLinear(nn.Module):
         whatever the row count (the runner then needs no padding rows for this layer)."""
         return False
 
-    def native_spec(self, dtype: torch.dtype) -> NativeLinear | None:
+    def native_spec(self) -> NativeLinear | None:
         """How decoder_stack.cpp runs this layer, or None where it cannot (see native_stack)."""
         return None
 
@@ -177,7 +177,7 @@ class Int8Linear(_QuantLinear):
         return self.packed_for == "cpu" and (not self.two_plane
                                              or kernels.native_int4_applies(self.qweight))
 
-    def native_spec(self, dtype: torch.dtype) -> NativeLinear | None:
+    def native_spec(self) -> NativeLinear | None:
         if self.packed_for != "cpu":
             return None
         if self.two_plane:
@@ -249,7 +249,7 @@ class Int4Linear(_QuantLinear):
     def rows_independent(self) -> bool:
         return kernels.native_int4_applies(self.qweight)
 
-    def native_spec(self, dtype: torch.dtype) -> NativeLinear | None:
+    def native_spec(self) -> NativeLinear | None:
         if not kernels.native_int4_applies(self.qweight):
             return None
         max_rows = CPU_INT4_DEQUANT_FROM - 1 if self._unpackable else 1 << 30
@@ -313,7 +313,7 @@ class Fp8Linear(_QuantLinear):
     def rows_independent(self) -> bool:
         return self.packed_for == "cpu" and self.compute_dtype == torch.bfloat16
 
-    def native_spec(self, dtype: torch.dtype) -> NativeLinear | None:
+    def native_spec(self) -> NativeLinear | None:
         if not self.rows_independent or self.use_scaled_mm or not cpu_ops.available():
             return None
         return self._native(native_stack.FP8, self.scale, max_rows=kernels.CPU_FP8_NATIVE_MAX_ROWS)
