@@ -50,6 +50,8 @@ class NativeStack:
                  dtype: torch.dtype, eps: float, scale: float, num_heads: int, head_dim: int):
         self.weights, self.layout, self.max_rows, self.dtype = weights, layout, max_rows, dtype
         self.eps, self.scale, self.num_heads, self.head_dim = eps, scale, num_heads, head_dim
+        self._kv_source: list | None = None  # the runner's cache list, flattened once
+        self._kv_flat: list[torch.Tensor] = []
 
     @classmethod
     def build(cls, model: nn.Module, dtype: torch.dtype) -> NativeStack | None:
@@ -87,7 +89,8 @@ class NativeStack:
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, kv_caches: list,
                  meta: AttentionMetadata) -> torch.Tensor:
         tables, lens = meta.row_tables()
-        flat = [t for pair in kv_caches for t in pair]
+        if kv_caches is not self._kv_source:
+            self._kv_source, self._kv_flat = kv_caches, [t for pair in kv_caches for t in pair]
         return cpu_ops.ops().decoder_stack(
             x, self.weights, self.layout, self.eps, self.scale, self.num_heads, self.head_dim,
-            meta.sliding_window or 0, cos, sin_signed, flat, meta.slot_mapping, tables, lens)
+            meta.sliding_window or 0, cos, sin_signed, self._kv_flat, meta.slot_mapping, tables, lens)

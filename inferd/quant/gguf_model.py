@@ -92,7 +92,9 @@ def keep_gguf_blocks(model: torch.nn.Module, reader: GGUFFile, arch: ArchConfig,
 
 def _keep_head_blocks(model: torch.nn.Module, tensors: dict, arch: ArchConfig, report: QuantReport,
                       device: torch.device) -> None:
-    raw = tensors.get("output.weight") or (tensors.get("token_embd.weight") if arch.tie_word_embeddings else None)
+    raw = tensors.get("output.weight")
+    if raw is None and arch.tie_word_embeddings:
+        raw = tensors.get("token_embd.weight")
     if raw is None or raw.ggml_type not in {int(t) for t in SUPPORTED_GGUF_TYPES}:
         kind = "missing" if raw is None else GGMLQuantizationType(raw.ggml_type).name
         report.skipped["lm_head"] = f"GGUF head tensor is {kind}: no block-exact format"

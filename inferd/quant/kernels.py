@@ -44,13 +44,13 @@ def pack_int4(codes: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor,
     `Int4Weight`, never this."""
     codes, scale, minimum = codes.to(device), scale.to(device), minimum.to(device)
     n, k = codes.shape
-    zero = minimum + 8 * scale  # tinygemm's convention: w = (q - 8) * scale + zero
-    if device.type == "cuda":
-        return Int4Packed(pack_int4_cuda(codes), int4_scale_zeros(scale, zero), False)
-    if tiles_apply(n, k) and fp16_holds(scale) and fp16_holds(minimum):
+    if device.type == "cpu" and tiles_apply(n, k) and fp16_holds(scale) and fp16_holds(minimum):
         return Int4Packed(pack_int4_tiles(codes), tile_scale_min(scale, minimum), True)
+    pairs = int4_scale_zeros(scale, minimum + 8 * scale)  # tinygemm: w = (q - 8) * scale + zero
+    if device.type == "cuda":
+        return Int4Packed(pack_int4_cuda(codes), pairs, False)
     packed, unpackable = pack_int4_cpu(codes)
-    return Int4Packed(packed, int4_scale_zeros(scale, zero), unpackable)
+    return Int4Packed(packed, pairs, unpackable)
 
 
 def fp16_holds(t: torch.Tensor) -> bool:
