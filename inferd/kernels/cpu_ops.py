@@ -22,7 +22,7 @@ import torch
 log = logging.getLogger(__name__)
 
 _SOURCES = [Path(__file__).parent / "csrc" / name
-            for name in ("cpu_ops.cpp", "quant_gemv.cpp", "decoder_stack.cpp", "weight_arena.cpp")]
+            for name in ("cpu_ops.cpp", "quant_gemv.cpp", "decoder_stack.cpp", "decode_team.cpp", "weight_arena.cpp")]
 _lock = threading.Lock()
 _state: dict[str, bool] = {}
 

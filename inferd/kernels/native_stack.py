@@ -5,10 +5,13 @@ linear of every layer has a native kernel for the step's row count, the runner's
 the whole stack to one C++ op that calls the same kernels in the same order, so the result is
 bitwise the Python path's (tested). Each linear module describes itself with `native_spec`;
 anything without one (or a quantized KV cache, an unusual head layout) keeps the Python path.
+Decode steps of quantized models (at most `team_rows` rows) run on one thread team inside that
+op (csrc/decode_team.cpp), bitwise alike; INFERD_DECODE_TEAM=0 turns that off.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +55,7 @@ class NativeStack:
         self.eps, self.scale, self.num_heads, self.head_dim = eps, scale, num_heads, head_dim
         self._kv_source: list | None = None  # the runner's cache list, flattened once
         self._kv_flat: list[torch.Tensor] = []
+        self.team_rows = int(os.environ.get("INFERD_DECODE_TEAM", "8"))  # 0: always one op per kernel
 
     @classmethod
     def build(cls, model: nn.Module, dtype: torch.dtype) -> NativeStack | None:
@@ -86,6 +90,10 @@ class NativeStack:
         return (x.shape[0] <= self.max_rows and x.dtype == self.dtype
                 and isinstance(k0, torch.Tensor) and k0.dtype == x.dtype)
 
+    def uses_team(self, x: torch.Tensor) -> bool:
+        """Whether a step with these rows runs on the thread team (decode_team.cpp)."""
+        return bool(cpu_ops.ops().decode_team_serves(x, self.layout, self.team_rows))
+
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, kv_caches: list,
                  meta: AttentionMetadata) -> torch.Tensor:
         tables, lens = meta.row_tables()
@@ -93,4 +101,5 @@ class NativeStack:
             self._kv_source, self._kv_flat = kv_caches, [t for pair in kv_caches for t in pair]
         return cpu_ops.ops().decoder_stack(
             x, self.weights, self.layout, self.eps, self.scale, self.num_heads, self.head_dim,
-            meta.sliding_window or 0, cos, sin_signed, self._kv_flat, meta.slot_mapping, tables, lens)
+            meta.sliding_window or 0, cos, sin_signed, self._kv_flat, meta.slot_mapping, tables, lens,
+            self.team_rows)

@@ -19,12 +19,17 @@
 #include <optional>
 #include <vector>
 
+#include "decode_team.h"
+
 namespace {
 
 using at::Tensor;
-
-constexpr int64_t PER_LAYER = 14;  // tensors per layer in `weights`
-enum Kind : int64_t { PACKED = 0, INT4 = 1, INT8 = 2, FP8 = 3, INT8_PLANES = 4 };
+using inferd_team::FP8;
+using inferd_team::INT4;
+using inferd_team::INT8;
+using inferd_team::INT8_PLANES;
+using inferd_team::PACKED;
+using inferd_team::PER_LAYER;
 
 c10::OperatorHandle op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
@@ -87,15 +92,20 @@ Tensor linear(int64_t kind, int64_t group, const Tensor& a, const Tensor& b, con
 }
 
 // x: the embeddings [T, hidden], which become the first residual (updated in place, as the
-// Python path does). Returns the final-normed hidden states [T, hidden].
+// Python path does). Returns the final-normed hidden states [T, hidden]. Steps of at most
+// max_team_rows rows on quantized linears run on one thread team instead (decode_team.cpp).
 Tensor decoder_stack(const Tensor& x_in, const c10::List<std::optional<Tensor>>& weights, at::IntArrayRef layout,
                      double eps, double scale, int64_t num_heads, int64_t head_dim, int64_t window,
                      const Tensor& cos, const Tensor& sin_signed, at::TensorList kv_caches, const Tensor& slots,
-                     const Tensor& tables, const Tensor& lens) {
+                     const Tensor& tables, const Tensor& lens, int64_t max_team_rows) {
   const int64_t layers = static_cast<int64_t>(kv_caches.size()) / 2;
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == layers * PER_LAYER + 1 &&
                   static_cast<int64_t>(layout.size()) == layers * 8,
               "decoder_stack: weights/layout do not describe ", layers, " layers");
+  if (inferd_team::serves(x_in, layout, max_team_rows)) {
+    return inferd_team::decoder_stack(x_in, weights, layout, eps, scale, num_heads, head_dim, window, cos,
+                                      sin_signed, kv_caches, slots, tables, lens);
+  }
   const Kernels& k = kernels();
   const int64_t t = x_in.size(0), rows = lens.size(0);
   Tensor residual = x_in, x = at::empty_like(x_in);
@@ -129,7 +139,12 @@ Tensor decoder_stack(const Tensor& x_in, const c10::List<std::optional<Tensor>>&
 TORCH_LIBRARY_FRAGMENT(inferd_cpu, m) {
   m.def("decoder_stack(Tensor(b!) x, Tensor?[] weights, int[] layout, float eps, float scale, int num_heads, "
         "int head_dim, int sliding_window, Tensor cos, Tensor sin_signed, Tensor(a!)[] kv_caches, Tensor slots, "
-        "Tensor block_tables, Tensor seq_lens) -> Tensor");
+        "Tensor block_tables, Tensor seq_lens, int max_team_rows=8) -> Tensor");
+  m.def("decode_team_serves(Tensor x, int[] layout, int max_team_rows) -> bool",
+        [](const Tensor& x, c10::List<int64_t> layout, int64_t max_rows) {
+          const std::vector<int64_t> v(layout.begin(), layout.end());
+          return inferd_team::serves(x, v, max_rows);
+        });
 }
 
 TORCH_LIBRARY_IMPL(inferd_cpu, CPU, m) { m.impl("decoder_stack", decoder_stack); }

@@ -1,0 +1,399 @@
+// The decoder stack of a quantized model for one small CPU step, run by one thread team.
+//
+// decoder_stack.cpp calls one torch op per kernel; each op is a dispatcher call, a few tensor
+// allocations and an OpenMP fork/join, ~10 us a layer-op that a batch-1 step of a small model
+// pays ~270 times (about a quarter of the step). Here the threads enter one parallel region for
+// the whole stack: each computes its share of every matmul's output rows and of the attention
+// heads, and the team meets at a spin barrier between dependent phases. Elementwise work on the
+// few activation rows (norms, residual adds, SiLU, quantizing x) is cheaper to repeat on every
+// thread than to share, so each thread keeps its own copy of the residual stream.
+//
+// The math is the ops' own (row_kernels.h, quant_kernels.h), and every output element is
+// computed by exactly one thread in the same order as the op computes it, so the result is
+// bitwise decoder_stack's (tested). Serves bf16 activations with int4 / int8 / fp8 linears and at
+// most TEAM_MAX_ROWS rows; anything else stays on decoder_stack.cpp's per-op path.
+
+#include "decode_team.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "quant_kernels.h"
+#include "row_kernels.h"
+
+namespace inferd_team {
+namespace {
+
+using at::Tensor;
+using c10::BFloat16;
+using inferd_quant::QuantizedRows;
+
+// A sense-reversing barrier that spins: a phase here lasts microseconds, far shorter than a
+// futex sleep and wake-up. Spinning yields the core after a while, in case threads outnumber
+// cores.
+class SpinBarrier {
+ public:
+  void reset(int n) { n_ = n; }
+  void wait() {
+    if (n_ == 1) return;
+    const unsigned gen = gen_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_) {
+      arrived_.store(0, std::memory_order_relaxed);
+      gen_.store(gen + 1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) {
+      if (spins < (1 << 14)) {
+        _mm_pause();
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+
+ private:
+  alignas(64) std::atomic<int> arrived_{0};
+  alignas(64) std::atomic<unsigned> gen_{0};
+  alignas(64) int n_ = 1;
+};
+
+// One linear layer as raw pointers, checked once per step before the team starts.
+struct Linear {
+  int64_t kind = 0, group = 0, n = 0, k = 0;  // k: the kernel's reduction length (2K for planes)
+  const uint8_t* codes = nullptr;
+  const void* scale = nullptr;
+  bool scale_bf16 = false;
+  const BFloat16* bias = nullptr;
+};
+
+// A thread's private working set, kept between steps so a step allocates nothing once warm.
+struct Scratch {
+  std::vector<BFloat16> residual, normed, act, doubled;
+  std::vector<float> widened, attention;
+  QuantizedRows quantized;
+};
+
+Scratch& scratch() {
+  static thread_local Scratch s;
+  return s;
+}
+
+// Work split: each thread owns a contiguous share of a phase's units and takes it front to
+// back in chunks (so its weight reads are one stream that prefetching can run ahead on); a
+// thread done with its share takes chunks from the front of the others' remainders. The two
+// cores of a VM stream memory at uneven speeds: a fixed split left one of them waiting ~10% of
+// the step at barriers. Every unit's result is the same whichever thread takes it.
+class WorkQueue {
+ public:
+  WorkQueue(int64_t phases, int team)
+      : phases_(phases), team_(team), taken_(new std::atomic<int64_t>[team * stride(phases)]()) {}
+  template <typename Fn>
+  void run(int64_t phase, int64_t units, int64_t chunk, int tid, Fn&& fn) {
+    for (int i = 0; i < team_; ++i) {
+      const int owner = (tid + i) % team_;
+      const int64_t begin = units * owner / team_, end = units * (owner + 1) / team_;
+      std::atomic<int64_t>& taken = taken_[owner * stride(phases_) + phase];
+      for (int64_t u = begin + taken.fetch_add(chunk, std::memory_order_relaxed); u < end;
+           u = begin + taken.fetch_add(chunk, std::memory_order_relaxed))
+        fn(u, std::min(end, u + chunk));
+    }
+  }
+
+ private:
+  static int64_t stride(int64_t phases) { return (phases + 15) / 16 * 16 + 16; }  // a thread's own lines
+  int64_t phases_;
+  int team_;
+  std::unique_ptr<std::atomic<int64_t>[]> taken_;
+};
+
+constexpr int64_t MATMUL_CHUNK = 4;  // 16-row units (64 output rows) per grab
+
+Linear describe(int64_t kind, int64_t group, const Tensor& a, const Tensor& b, const Tensor& bias, int64_t in,
+                int64_t out) {
+  Linear lin;
+  lin.kind = kind;
+  lin.group = group;
+  lin.n = out;
+  TORCH_CHECK(a.is_contiguous() && a.element_size() == 1 && b.defined() && b.is_contiguous(),
+              "decode_team: a quantized weight must be contiguous bytes with its scales");
+  lin.codes = static_cast<const uint8_t*>(a.const_data_ptr());
+  if (kind == INT4 || kind == INT8_PLANES) {
+    lin.k = kind == INT8_PLANES ? 2 * in : in;
+    TORCH_CHECK(group > 0 && group % 16 == 0 && lin.k % group == 0 && out % 16 == 0 && b.dim() == 4 &&
+                    b.scalar_type() == at::kHalf && b.size(0) == out / 16 && b.size(1) == lin.k / group &&
+                    a.dim() == 3 && a.size(0) == out / 16 && a.size(1) == lin.k / 8 && a.size(2) == 64,
+                "decode_team: int4 tiles do not match a [", out, ", ", in, "] linear");
+  } else {
+    lin.k = in;
+    TORCH_CHECK(a.dim() == 2 && a.size(0) == out && a.size(1) == in && b.numel() == out &&
+                    (b.scalar_type() == at::kFloat || b.scalar_type() == at::kBFloat16),
+                "decode_team: row-quantized weight does not match a [", out, ", ", in, "] linear");
+    lin.scale_bf16 = b.scalar_type() == at::kBFloat16;
+  }
+  lin.scale = b.const_data_ptr();
+  if (bias.defined()) {
+    TORCH_CHECK(bias.scalar_type() == at::kBFloat16 && bias.is_contiguous() && bias.numel() == out,
+                "decode_team: bias must be contiguous bf16 [", out, "]");
+    lin.bias = bias.const_data_ptr<BFloat16>();
+  }
+  return lin;
+}
+
+template <typename Decode>
+void rows_share(const Linear& lin, const float* xf, int64_t rows, int64_t n0, int64_t n1, BFloat16* y) {
+  if (lin.scale_bf16) {
+    inferd_quant::rows_mm_range<Decode>(xf, lin.codes, static_cast<const BFloat16*>(lin.scale), rows, lin.n,
+                                        lin.k, n0, n1, y);
+  } else {
+    inferd_quant::rows_mm_range<Decode>(xf, lin.codes, static_cast<const float*>(lin.scale), rows, lin.n, lin.k,
+                                        n0, n1, y);
+  }
+}
+
+// The team's y [rows, n] = x [rows, in] @ W.T (+ bias), as the linear's op computes it; this
+// thread prepares x for the kernel and takes chunks of output rows from `queue`'s `phase`.
+void linear_share(const Linear& lin, const BFloat16* x, int64_t rows, int64_t in, BFloat16* y, Scratch& s,
+                  WorkQueue& queue, int64_t phase, int tid) {
+  const bool tiles = lin.kind == INT4 || lin.kind == INT8_PLANES;
+  if (tiles) {
+    const BFloat16* xin = x;
+    if (lin.kind == INT8_PLANES) {  // the op's input is [x, x]
+      s.doubled.resize(rows * 2 * in);
+      for (int64_t r = 0; r < rows; ++r) {
+        std::copy(x + r * in, x + (r + 1) * in, s.doubled.data() + r * 2 * in);
+        std::copy(x + r * in, x + (r + 1) * in, s.doubled.data() + r * 2 * in + in);
+      }
+      xin = s.doubled.data();
+    }
+    inferd_quant::quantize_rows(xin, rows, lin.k, lin.group, s.quantized);
+  } else {
+    inferd_quant::widen(x, rows * in, s.widened);
+  }
+  queue.run(phase, (lin.n + 15) / 16, MATMUL_CHUNK, tid, [&](int64_t u0, int64_t u1) {
+    const int64_t n0 = u0 * 16, n1 = std::min(lin.n, u1 * 16);
+    if (tiles) {
+      inferd_quant::int4_tile_range(s.quantized, rows, lin.codes, static_cast<const c10::Half*>(lin.scale), lin.k,
+                                    lin.group, u0, u1, y, lin.n);
+    } else if (lin.kind == INT8) {
+      rows_share<inferd_quant::Int8Decode>(lin, s.widened.data(), rows, n0, n1, y);
+    } else {
+      rows_share<inferd_quant::Fp8Decode>(lin, s.widened.data(), rows, n0, n1, y);
+    }
+    if (lin.bias != nullptr) {  // torch's y + bias in bf16
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = n0; c < n1; ++c)
+          y[r * lin.n + c] =
+              static_cast<BFloat16>(static_cast<float>(y[r * lin.n + c]) + static_cast<float>(lin.bias[c]));
+    }
+  });
+}
+
+using Attend = void (*)(const BFloat16*, const BFloat16*, const BFloat16*, const int64_t*, int64_t, int64_t, int64_t,
+                        int64_t, int64_t, int64_t, float, float*, BFloat16*);
+
+// One query head per call: the kernel's per-head arithmetic does not depend on how many heads
+// share a call, so this is bitwise the op's grouped call, and 9 heads split evenly where 3 kv
+// heads did not.
+Attend attend_for(int64_t d) {
+  using inferd_rows::attend_heads;
+  switch (d) {
+    case 8: return attend_heads<BFloat16, 8, 1>;
+    case 16: return attend_heads<BFloat16, 16, 1>;
+    case 32: return attend_heads<BFloat16, 32, 1>;
+    case 64: return attend_heads<BFloat16, 64, 1>;
+    case 128: return attend_heads<BFloat16, 128, 1>;
+    case 256: return attend_heads<BFloat16, 256, 1>;
+    default: return nullptr;
+  }
+}
+
+}  // namespace
+
+bool serves(const Tensor& x, at::IntArrayRef layout, int64_t max_rows) {
+  if (x.scalar_type() != at::kBFloat16 || x.size(0) > std::min<int64_t>(max_rows, TEAM_MAX_ROWS)) return false;
+  for (size_t i = 0; i < layout.size(); i += 2)
+    if (layout[i] != INT4 && layout[i] != INT8 && layout[i] != FP8 && layout[i] != INT8_PLANES) return false;
+  return true;
+}
+
+Tensor decoder_stack(const Tensor& x_in, const c10::List<std::optional<Tensor>>& weights, at::IntArrayRef layout,
+                     double eps, double scale, int64_t num_heads, int64_t head_dim, int64_t window,
+                     const Tensor& cos, const Tensor& sin_signed, at::TensorList kv_caches, const Tensor& slots,
+                     const Tensor& tables, const Tensor& lens) {
+  const int64_t layers = static_cast<int64_t>(kv_caches.size()) / 2;
+  const int64_t t = x_in.size(0), hidden = x_in.size(1), rows = lens.size(0);
+  TORCH_CHECK(x_in.is_contiguous() && x_in.dim() == 2, "decode_team: x must be contiguous [T, hidden]");
+  const Tensor& k0 = kv_caches[0];
+  TORCH_CHECK(k0.dim() == 4 && k0.size(3) == head_dim, "decode_team: caches must be [blocks, bs, kv_heads, D]");
+  const int64_t kv_heads = k0.size(2), block_size = k0.size(1), num_blocks = k0.size(0);
+  const int64_t group = num_heads / kv_heads, q_width = num_heads * head_dim;
+  const int64_t qkv_width = (num_heads + 2 * kv_heads) * head_dim;
+  const Attend attend = group >= 1 && group <= 8 && group * kv_heads == num_heads ? attend_for(head_dim) : nullptr;
+  TORCH_CHECK(attend != nullptr, "decode_team: ", num_heads, " heads over ", kv_heads, " kv heads of dim ", head_dim,
+              " is not compiled in");
+  for (const Tensor& c : kv_caches)
+    TORCH_CHECK(c.is_contiguous() && c.sizes() == k0.sizes() && c.scalar_type() == at::kBFloat16,
+                "decode_team: every cache must be contiguous bf16 of one shape");
+  TORCH_CHECK(cos.is_contiguous() && sin_signed.is_contiguous() && cos.numel() == t * head_dim &&
+                  sin_signed.numel() == t * head_dim && cos.scalar_type() == at::kBFloat16 &&
+                  sin_signed.scalar_type() == at::kBFloat16,
+              "decode_team: cos and sin_signed must be contiguous bf16 with one head_dim row per token");
+  // Everything the per-op path would refuse is refused here, before the team starts: nothing
+  // may throw inside the parallel region.
+  TORCH_CHECK(slots.scalar_type() == at::kLong && slots.is_contiguous() && slots.numel() == t,
+              "decode_team: slots must be int64 [T]");
+  const int64_t* sp = slots.const_data_ptr<int64_t>();
+  for (int64_t r = 0; r < t; ++r)
+    TORCH_CHECK(sp[r] < num_blocks * block_size, "rope_write_kv: slot ", sp[r], " is outside the cache");
+  TORCH_CHECK(tables.scalar_type() == at::kLong && tables.dim() == 2 && tables.is_contiguous() &&
+                  tables.size(0) >= rows && lens.scalar_type() == at::kLong && lens.is_contiguous() && rows <= t,
+              "decode_team: block_tables must be int64 [n, W] and seq_lens int64 [n], n <= T");
+  const int64_t width = tables.size(1);
+  const int64_t* tp = tables.const_data_ptr<int64_t>();
+  const int64_t* lp = lens.const_data_ptr<int64_t>();
+  for (int64_t s = 0; s < rows; ++s) {
+    TORCH_CHECK(lp[s] >= 1 && lp[s] <= width * block_size, "paged_attention_rows: sequence ", s, " has length ",
+                lp[s], " but its block table holds ", width * block_size, " slots");
+    for (int64_t b = 0; b < (lp[s] + block_size - 1) / block_size; ++b) {
+      const int64_t id = tp[s * width + b];
+      TORCH_CHECK(id >= 0 && id < num_blocks, "paged_attention_rows: block id ", id, " is outside the cache");
+    }
+  }
+  std::vector<Linear> lin;
+  std::vector<const BFloat16*> norms;
+  int64_t inter = 0;
+  for (int64_t l = 0; l < layers; ++l) {
+    const int64_t w0 = l * PER_LAYER;
+    const int64_t* lay = layout.data() + l * 8;
+    auto get = [&](int64_t i) {
+      std::optional<Tensor> v = weights.get(i);
+      return v.has_value() ? *v : Tensor();
+    };
+    for (int i = 0; i < 2; ++i) {
+      const Tensor w = get(w0 + i);
+      TORCH_CHECK(w.scalar_type() == at::kBFloat16 && w.is_contiguous() && w.numel() == hidden,
+                  "decode_team: norm weights must be contiguous bf16 [hidden]");
+      norms.push_back(w.const_data_ptr<BFloat16>());
+    }
+    const Tensor gate_up = get(w0 + 2 + 3 * 2);  // [2I/16, ..] tiles or [2I, K] rows
+    inter = (lay[4] == INT4 || lay[4] == INT8_PLANES ? gate_up.size(0) * 16 : gate_up.size(0)) / 2;
+    const int64_t in[4] = {hidden, q_width, hidden, inter}, out[4] = {qkv_width, hidden, 2 * inter, hidden};
+    for (int i = 0; i < 4; ++i) {
+      const int64_t base = w0 + 2 + 3 * i;
+      lin.push_back(describe(lay[2 * i], lay[2 * i + 1], get(base), get(base + 1), get(base + 2), in[i], out[i]));
+    }
+  }
+  {
+    std::optional<Tensor> f = weights.get(layers * PER_LAYER);
+    TORCH_CHECK(f.has_value() && f->scalar_type() == at::kBFloat16 && f->numel() == hidden,
+                "decode_team: the final norm weight must be bf16 [hidden]");
+    norms.push_back(f->const_data_ptr<BFloat16>());
+  }
+
+  // Shared activations: each element written by one thread in a phase, read after a barrier.
+  Tensor out = at::empty_like(x_in);
+  Tensor shared = at::empty({t * (qkv_width + 2 * q_width + 2 * hidden + 2 * inter)}, x_in.options());
+  BFloat16* qkv = shared.mutable_data_ptr<BFloat16>();
+  BFloat16* q = qkv + t * qkv_width;
+  BFloat16* attn = q + t * q_width;
+  BFloat16* o = attn + t * q_width;
+  BFloat16* gate_up = o + t * hidden;
+  BFloat16* down = gate_up + t * 2 * inter;
+  BFloat16* x_io = x_in.mutable_data_ptr<BFloat16>();
+  const BFloat16* cp = cos.const_data_ptr<BFloat16>();
+  const BFloat16* snp = sin_signed.const_data_ptr<BFloat16>();
+  std::vector<BFloat16*> kc(layers), vc(layers);
+  for (int64_t l = 0; l < layers; ++l) {
+    kc[l] = kv_caches[2 * l].mutable_data_ptr<BFloat16>();
+    vc[l] = kv_caches[2 * l + 1].mutable_data_ptr<BFloat16>();
+  }
+  const int64_t d = head_dim;
+  const float attn_scale = static_cast<float>(scale);
+  SpinBarrier barrier;
+  at::internal::lazy_init_num_threads();
+  const int threads = at::get_num_threads();
+  std::unique_ptr<WorkQueue> queue_of_team;
+
+#pragma omp parallel num_threads(threads)
+  {
+    const int tid = omp_get_thread_num(), team = omp_get_num_threads();
+#pragma omp single
+    {
+      barrier.reset(team);
+      queue_of_team = std::make_unique<WorkQueue>(layers * 6, team);  // qkv, kv, attention, o, gate_up, down
+    }  // the single's implicit barrier publishes both
+    WorkQueue& queue = *queue_of_team;
+    Scratch& s = scratch();
+    s.residual.assign(x_io, x_io + t * hidden);
+    s.normed.resize(t * hidden);
+    s.act.resize(t * inter);
+    BFloat16* res = s.residual.data();
+    BFloat16* xn = s.normed.data();
+    auto add_norm = [&](const BFloat16* add, const BFloat16* w) {
+      for (int64_t r = 0; r < t; ++r) {
+        if (add != nullptr) inferd_rows::add_row(res + r * hidden, add + r * hidden, hidden);
+        inferd_rows::rms_norm_row(res + r * hidden, w, xn + r * hidden, hidden, eps);
+      }
+    };
+    add_norm(nullptr, norms[0]);
+    for (int64_t l = 0; l < layers; ++l) {
+      const Linear* L = lin.data() + 4 * l;
+      const int64_t phase = 6 * l;
+      if (l > 0) add_norm(down, norms[2 * l]);
+      linear_share(L[0], xn, t, hidden, qkv, s, queue, phase, tid);
+      barrier.wait();
+      // Keys and values into the cache (rope_write_kv's part), one (row, kv head) per task.
+      queue.run(phase + 1, t * kv_heads, 1, tid, [&](int64_t task, int64_t) {
+        const int64_t r = task / kv_heads, h = task % kv_heads;
+        if (sp[r] < 0) return;
+        const BFloat16* kin = qkv + r * qkv_width + q_width + h * d;
+        inferd_rows::rope_head(kin, cp + r * d, snp + r * d, kc[l] + (sp[r] * kv_heads + h) * d, d);
+        std::copy(kin + kv_heads * d, kin + kv_heads * d + d, vc[l] + (sp[r] * kv_heads + h) * d);
+      });
+      barrier.wait();
+      // Attention, one (row, query head) per task: rotate the query, then attend its prefix.
+      queue.run(phase + 2, t * num_heads, 1, tid, [&](int64_t task, int64_t) {
+        const int64_t r = task / num_heads, j = task % num_heads, h = j / group;
+        BFloat16* dst = attn + r * q_width + j * d;
+        if (r >= rows) {  // padding rows attend nothing
+          std::fill(dst, dst + d, BFloat16(0.f));
+          return;
+        }
+        BFloat16* qj = q + r * q_width + j * d;
+        inferd_rows::rope_head(qkv + r * qkv_width + j * d, cp + r * d, snp + r * d, qj, d);
+        const int64_t hi = lp[r], lo = window > 0 ? std::max<int64_t>(0, hi - window) : 0;
+        s.attention.resize((hi - lo) + d);
+        // The kernel indexes query and output by kv head h; shift both so that lands on head j.
+        attend(qj - h * d, kc[l], vc[l], tp + r * width, block_size, kv_heads, h, h + 1, lo, hi, attn_scale,
+               s.attention.data(), dst - h * d);
+      });
+      barrier.wait();
+      linear_share(L[1], attn, t, q_width, o, s, queue, phase + 3, tid);
+      barrier.wait();
+      add_norm(o, norms[2 * l + 1]);
+      linear_share(L[2], xn, t, hidden, gate_up, s, queue, phase + 4, tid);
+      barrier.wait();
+      for (int64_t r = 0; r < t; ++r)
+        inferd_rows::silu_mul_row(gate_up + r * 2 * inter, gate_up + r * 2 * inter + inter, s.act.data() + r * inter,
+                                  inter);
+      linear_share(L[3], s.act.data(), t, inter, down, s, queue, phase + 5, tid);
+      barrier.wait();
+    }
+    if (tid == 0) {  // the per-op path leaves the final residual in x and returns the normed rows
+      add_norm(down, norms.back());
+      std::copy(res, res + t * hidden, x_io);
+      std::copy(xn, xn + t * hidden, out.mutable_data_ptr<BFloat16>());
+    }
+  }
+  return out;
+}
+
+}  // namespace inferd_team

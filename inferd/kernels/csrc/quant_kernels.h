@@ -1,0 +1,299 @@
+// Weight-only quantized matmul kernels for decode-sized batches, shared by quant_gemv.cpp (one
+// torch op each, parallel over output rows) and decode_team.cpp (the decode stack run by one
+// thread team, each thread a range of output rows). Results per output row do not depend on the
+// range that computes it, so both paths are bitwise alike.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "avx512_util.h"
+
+namespace inferd_quant {
+
+using c10::BFloat16;
+
+constexpr int64_t MAX_ROWS = 8;  // rows per pass; larger batches run in passes of this many
+constexpr int64_t PREFETCH_ROWS = 8;  // weight rows fetched ahead of use (row-major layouts)
+
+// x [M, K] bf16 -> fp32 (widened once, read K/16 times per output row), into a reused buffer.
+inline void widen(const BFloat16* p, int64_t count, std::vector<float>& out) {
+  out.resize(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) out[i] = static_cast<float>(p[i]);
+}
+
+#if defined(__AVX512F__)
+using inferd_vec::reduce16;
+
+// Sixteen weights starting at p, widened to fp32. e4m3 comes out scaled by 2^-120: its bits
+// moved into an fp32's exponent and mantissa fields (exact, subnormals included); the row
+// scale undoes it.
+struct Int8Decode {
+  static inline __m512 load(const uint8_t* p, __mmask16 m) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
+  }
+  static constexpr float post = 1.f;
+};
+struct Fp8Decode {
+  static inline __m512 load(const uint8_t* p, __mmask16 m) {
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, p));
+    const __m512i mag = _mm512_and_si512(_mm512_slli_epi32(b, 20), _mm512_set1_epi32(0x07f00000));
+    const __m512i sign = _mm512_and_si512(_mm512_slli_epi32(b, 24), _mm512_set1_epi32(static_cast<int>(0x80000000u)));
+    return _mm512_castsi512_ps(_mm512_or_si512(mag, sign));
+  }
+  static constexpr float post = 0x1p120f;
+};
+
+// W weight rows (of the 16-row output block) against M rows of x: each x vector loaded once
+// serves W weight rows. Leaves each (row of x, weight row) dot product as a vector of lane sums.
+template <int M, int W, typename Decode>
+inline void rows_dot(const float* x, const uint8_t* row, int64_t k, __m512 (&part)[M][16], int64_t j) {
+  for (int i = 0; i < W; ++i) {
+    const uint8_t* ahead = row + (PREFETCH_ROWS + i) * k;  // rows a few ahead: DRAM is slow to start
+    for (int64_t c = 0; c < k; c += 64) _mm_prefetch(reinterpret_cast<const char*>(ahead + c), _MM_HINT_T1);
+  }
+  __m512 acc[W][M];
+  for (int i = 0; i < W; ++i)
+    for (int m = 0; m < M; ++m) acc[i][m] = _mm512_setzero_ps();
+  auto step = [&](int64_t c, __mmask16 mask) {
+    __m512 wv[W];
+    for (int i = 0; i < W; ++i) wv[i] = Decode::load(row + i * k + c, mask);
+    for (int m = 0; m < M; ++m) {
+      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + m * k + c);
+      for (int i = 0; i < W; ++i) acc[i][m] = _mm512_fmadd_ps(wv[i], xv, acc[i][m]);
+    }
+  };
+  const int64_t full = k / 16 * 16;
+  for (int64_t c = 0; c < full; c += 16) step(c, __mmask16(0xffff));
+  if (full < k) step(full, static_cast<__mmask16>((1u << (k - full)) - 1));
+  for (int i = 0; i < W; ++i)
+    for (int m = 0; m < M; ++m) part[m][j + i] = acc[i][m];
+}
+
+// Scales are read as the linear holds them (fp32, or bf16 widened exactly in registers).
+inline __m512 load_scale16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+inline __m512 load_scale16(const BFloat16* p, __mmask16 m) {
+  const __m256i raw = _mm256_maskz_loadu_epi16(m, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+template <int M, typename Decode, typename Scale>
+inline void rows_mm_block(const float* x, const uint8_t* w, const Scale* scale, int64_t k, int64_t n0,
+                   int64_t n1, BFloat16* y, int64_t n_total) {
+  // Weight rows per pass: each (x row, weight row) pair is one FMA chain, and a single row of x
+  // needs four chains to hide the FMA latency (two left batch-1 decode latency-bound).
+  constexpr int W = M <= 2 ? 4 : 2;
+  __m512 part[M][16];
+  for (int64_t nb = n0; nb < n1; nb += 16) {
+    const int64_t count = std::min<int64_t>(16, n1 - nb);
+    int64_t j = 0;
+    for (; j + W <= count; j += W) rows_dot<M, W, Decode>(x, w + (nb + j) * k, k, part, j);
+    for (; j < count; ++j) rows_dot<M, 1, Decode>(x, w + (nb + j) * k, k, part, j);
+    for (j = count; j < 16; ++j)
+      for (int m = 0; m < M; ++m) part[m][j] = _mm512_setzero_ps();
+    const __mmask16 out_mask = static_cast<__mmask16>((1u << count) - 1);
+    const __m512 s = _mm512_mul_ps(load_scale16(scale + nb, out_mask), _mm512_set1_ps(Decode::post));
+    for (int m = 0; m < M; ++m) {
+      alignas(64) float buf[16];
+      _mm512_store_ps(buf, _mm512_mul_ps(reduce16(part[m]), s));
+      for (int64_t i = 0; i < count; ++i) y[m * n_total + nb + i] = static_cast<BFloat16>(buf[i]);
+    }
+  }
+}
+// Output rows [n0, n1) (multiples of 16 from 0, except at n) of x @ W.T for all rows of x
+// (widened to fp32), in passes of MAX_ROWS rows.
+template <typename Decode, typename Scale>
+inline void rows_mm_range(const float* xf, const uint8_t* wp, const Scale* sp, int64_t rows, int64_t n, int64_t k,
+                          int64_t n0, int64_t n1, BFloat16* yp) {
+  using Block = void (*)(const float*, const uint8_t*, const Scale*, int64_t, int64_t, int64_t, BFloat16*, int64_t);
+  static constexpr Block by_rows[] = {
+      rows_mm_block<1, Decode, Scale>, rows_mm_block<2, Decode, Scale>, rows_mm_block<3, Decode, Scale>,
+      rows_mm_block<4, Decode, Scale>, rows_mm_block<5, Decode, Scale>, rows_mm_block<6, Decode, Scale>,
+      rows_mm_block<7, Decode, Scale>, rows_mm_block<8, Decode, Scale>};
+  for (int64_t r0 = 0; r0 < rows; r0 += MAX_ROWS) {
+    const int64_t r = std::min(MAX_ROWS, rows - r0);
+    by_rows[r - 1](xf + r0 * k, wp, sp, k, n0, n1, yp + r0 * n, n);
+  }
+}
+#endif
+
+// ---------------------------------------------------------------- int4, inferd's tile layout
+//
+// The weight layout (made by inferd/quant/kernels.py, pack_int4_tiles) serves vpdpbusd, which
+// adds four u8 x s8 products into each int32 lane: codes [N/16, K/8, 64] uint8, tile t holding
+// rows 16t..16t+15; in each 8-wide k chunk byte 4i+j has row i's code for k0+j in its low nibble
+// and for k0+4+j in its high nibble. scale_min [N/16, K/group, 2, 16] fp16: per tile and group
+// 16 scales s then 16 mins m, w = q s + m (fp16 holds GGUF's Q4_0/Q4_1 values exactly).
+//
+// Activations are held exactly enough in integers: per row and group, x = sx X + e with X an
+// integer, |X| <= X_MAX and |e| <= sx / 2 = max|x| / 65278 (16 bits against the group's largest
+// value; bf16 itself keeps 8), split as X = 256 h + l with h, l int8. Then per group
+//   sum_k x w = s sx sum_k q X + m sum_k x,   sum_k q X = 256 sum q h + sum q l,
+// both integer sums exact; one u8 x s8 instruction covers 64 weights, so batch-1 decode is
+// bound by memory, not by widening codes to floats (which held this CPU at ~14 GB/s a core).
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+constexpr int32_t X_MAX = 32639;        // keeps h = round(X / 256) within [-127, 127]
+// Prefetch distances, in 64-byte lines of each tile's own code and scale streams. A stream's
+// prefetch runs on into the same tile of the next unit (the next T tiles, usually this thread's
+// next work): a fixed byte offset instead landed in the neighbouring tile, which is already
+// being read, and left the end of every tile and all the scales to demand misses. Into L2: the
+// L1 fill buffers are too few for this many lines in flight.
+constexpr int64_t PREFETCH_CHUNKS = 32;
+constexpr int64_t PREFETCH_GROUPS = 16;
+
+// Per row of x: int8 digits h and l [K]; per group the scale sx and the plain sum of x.
+struct QuantizedRows {
+  std::vector<int8_t> hi, lo;
+  std::vector<float> scale, sum;
+};
+
+// Fills q for rows x [rows, K] (q's buffers are reused across calls: no allocation once grown).
+inline void quantize_rows(const BFloat16* x, int64_t rows, int64_t k, int64_t group, QuantizedRows& q) {
+  const int64_t groups = k / group;
+  q.hi.resize(rows * k);
+  q.lo.resize(rows * k);
+  q.scale.resize(rows * groups);
+  q.sum.resize(rows * groups);
+  const __m512 sign_off = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t base = r * k + g * group;
+      __m512 vmax = _mm512_setzero_ps(), vsum = _mm512_setzero_ps();
+      bool finite = true;
+      for (int64_t i = 0; i < group; i += 16) {
+        const __m512 v = inferd_vec::load16(x + base + i);
+        const __m512 a = _mm512_and_ps(v, sign_off);
+        finite = finite && _mm512_cmp_ps_mask(a, _mm512_set1_ps(INFINITY), _CMP_LT_OQ) == 0xffff;
+        vmax = _mm512_max_ps(vmax, a);
+        vsum = _mm512_add_ps(vsum, v);
+      }
+      const float m = _mm512_reduce_max_ps(vmax);
+      // NaN or infinity poisons the group's result, as it would a float dot product.
+      q.scale[r * groups + g] = finite ? m / X_MAX : NAN;
+      q.sum[r * groups + g] = _mm512_reduce_add_ps(vsum);
+      const __m512 inv = _mm512_set1_ps(finite && m > 0 ? X_MAX / m : 0.f);
+      const __m512i lim = _mm512_set1_epi32(X_MAX);
+      for (int64_t i = 0; i < group; i += 16) {
+        __m512i xi = _mm512_cvtps_epi32(_mm512_mul_ps(inferd_vec::load16(x + base + i), inv));
+        xi = _mm512_max_epi32(_mm512_min_epi32(xi, lim), _mm512_sub_epi32(_mm512_setzero_si512(), lim));
+        const __m512i h = _mm512_srai_epi32(_mm512_add_epi32(xi, _mm512_set1_epi32(128)), 8);
+        const __m512i l = _mm512_sub_epi32(xi, _mm512_slli_epi32(h, 8));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q.hi.data() + base + i), _mm512_cvtepi32_epi8(h));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q.lo.data() + base + i), _mm512_cvtepi32_epi8(l));
+      }
+    }
+}
+
+inline __m512i broadcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return _mm512_set1_epi32(v);
+}
+
+// R rows of x (from row r0) against T consecutive tiles (16 output rows each) from tile t0.
+template <int R, int T>
+inline void int4_tiles(const QuantizedRows& q, int64_t r0, const uint8_t* codes, const c10::Half* sz, int64_t k,
+                int64_t group, int64_t t0, BFloat16* y, int64_t n) {
+  const int64_t groups = k / group, chunks = k / 8, per_group = group / 8;
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  const uint8_t* c[T];
+  for (int t = 0; t < T; ++t) c[t] = codes + (t0 + t) * chunks * 64;
+  __m512 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i ih[R][T], il[R][T];
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < T; ++t) ih[r][t] = il[r][t] = _mm512_setzero_si512();
+    for (int64_t ch = g * per_group; ch < (g + 1) * per_group; ++ch) {
+      __m512i a[T], b[T];
+      for (int t = 0; t < T; ++t) {
+        const uint8_t* p = c[t] + ch * 64;
+        const int64_t ahead = ch + PREFETCH_CHUNKS;
+        _mm_prefetch(reinterpret_cast<const char*>(ahead < chunks ? c[t] + ahead * 64
+                                                                  : c[t] + (T * chunks + ahead - chunks) * 64),
+                     _MM_HINT_T1);
+        const __m512i v = _mm512_loadu_si512(p);
+        a[t] = _mm512_and_si512(v, low4);                          // k0 .. k0+3
+        b[t] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);    // k0+4 .. k0+7
+      }
+      for (int r = 0; r < R; ++r) {
+        const int8_t* hp = q.hi.data() + (r0 + r) * k + ch * 8;
+        const int8_t* lp = q.lo.data() + (r0 + r) * k + ch * 8;
+        const __m512i h0 = broadcast4(hp), h1 = broadcast4(hp + 4), l0 = broadcast4(lp), l1 = broadcast4(lp + 4);
+        for (int t = 0; t < T; ++t) {
+          ih[r][t] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(ih[r][t], a[t], h0), b[t], h1);
+          il[r][t] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(il[r][t], a[t], l0), b[t], l1);
+        }
+      }
+    }
+    for (int t = 0; t < T; ++t) {
+      const int64_t ahead = g + PREFETCH_GROUPS;
+      _mm_prefetch(reinterpret_cast<const char*>(
+                       sz + (ahead < groups ? (t0 + t) * groups + ahead : (t0 + t + T) * groups + ahead - groups) * 32),
+                   _MM_HINT_T1);
+      const c10::Half* sm = sz + ((t0 + t) * groups + g) * 32;  // 16 scales, then 16 mins
+      const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sm)));
+      const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sm + 16)));
+      for (int r = 0; r < R; ++r) {
+        const int64_t at = (r0 + r) * groups + g;
+        // 256 h-sum + l-sum stays exact in int32 for any group up to 256 (|.| < 2^27).
+        const __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(ih[r][t], 8), il[r][t]));
+        acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_set1_ps(q.scale[at])), dot, acc[r][t]);
+        acc[r][t] = _mm512_fmadd_ps(mn, _mm512_set1_ps(q.sum[at]), acc[r][t]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) {
+      alignas(64) float buf[16];
+      _mm512_store_ps(buf, acc[r][t]);
+      BFloat16* out = y + (r0 + r) * n + (t0 + t) * 16;
+      for (int i = 0; i < 16; ++i) out[i] = static_cast<BFloat16>(buf[i]);
+    }
+}
+
+using TileFn = void (*)(const QuantizedRows&, int64_t, const uint8_t*, const c10::Half*, int64_t, int64_t, int64_t,
+                        BFloat16*, int64_t);
+constexpr int64_t UNIT_TILES = 4;  // tiles (64 output rows) a thread runs at once
+
+// Register budget: one row of x runs four tiles at once (eight dot-product chains, enough to
+// hide the instruction's latency); more rows share fewer tiles.
+inline TileFn tile_fn(int64_t rows, int64_t tiles) {
+  static constexpr TileFn one[] = {int4_tiles<1, 1>, int4_tiles<1, 2>, int4_tiles<1, 3>, int4_tiles<1, 4>};
+  static constexpr TileFn two[] = {int4_tiles<2, 1>, int4_tiles<2, 2>};
+  if (rows == 1) return one[tiles - 1];
+  if (rows == 2) return two[tiles - 1];
+  return rows == 3 ? int4_tiles<3, 1> : int4_tiles<4, 1>;
+}
+constexpr int64_t max_tiles(int64_t rows) { return rows == 1 ? 4 : rows == 2 ? 2 : 1; }
+// Output tiles [begin, end) of x @ W.T for all `rows` rows of q, UNIT_TILES tiles at a time;
+// each tile's result is the same whichever range (thread) computes it.
+inline void int4_tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* codes, const c10::Half* sz,
+                            int64_t k, int64_t group, int64_t begin, int64_t end, BFloat16* y, int64_t n) {
+  for (int64_t first = begin; first < end; first += UNIT_TILES) {
+    const int64_t last = std::min(end, first + UNIT_TILES);
+    // Rows in passes over the unit's tiles: after the first pass its weights are in cache.
+    for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+      const int64_t r = std::min<int64_t>(4, rows - r0);
+      for (int64_t t = first; t < last; t += max_tiles(r)) {
+        const int64_t nt = std::min(max_tiles(r), last - t);
+        tile_fn(r, nt)(q, r0, codes, sz, k, group, t, y, n);
+      }
+    }
+  }
+}
+#endif
+
+}  // namespace inferd_quant
