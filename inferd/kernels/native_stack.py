@@ -20,7 +20,7 @@ from torch import nn
 from inferd.kernels import cpu_ops
 from inferd.kernels.attention import NATIVE_HEAD_DIMS, AttentionMetadata
 
-PACKED, INT4, INT8, FP8, INT8_PLANES = range(5)  # the linear kinds decoder_stack.cpp runs
+PACKED, INT4, INT8, FP8, INT8_PLANES, INT8_TILES = range(6)  # the linear kinds decoder_stack.cpp runs
 
 
 @dataclass(frozen=True)

@@ -105,11 +105,13 @@ def _linear_module(linear: nn.Linear, weight: QuantizedWeight) -> QuantLinear:
 
 
 def _tied_table(head: QuantLinear, weight: QuantizedWeight, embedding: nn.Embedding) -> nn.Module:
-    """The embedding of a tied head: int8/fp8 read the head's own buffers (one copy, same values);
-    tinygemm layouts (int4, int8 on CUDA) cannot be gathered by row, so the table keeps the same
-    codes in row layout."""
+    """The embedding of a tied head: int8 (in tiles or rows) and fp8 read the head's own buffers
+    (one copy, same values); tinygemm layouts (int4, int8 on CUDA) cannot be gathered by row, so
+    the table keeps the same codes in row layout."""
     if isinstance(head, Int4Linear) or getattr(head, "two_plane", False):
         return embedding_from_quantized(weight, embedding)
+    if isinstance(head, Int8Linear) and head.tiles is not None:
+        return embedding_from_quantized(head.tiles, embedding)
     scale = head.scale.reshape(head.out_features, 1)
     shared = (Int8Weight(head.qweight, scale, head.in_features) if isinstance(head, Int8Linear)
               else Fp8Weight(head.qweight, scale))

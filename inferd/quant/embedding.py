@@ -12,18 +12,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from inferd.quant.formats import Fp8Weight, Int4Weight, Int8Weight, QuantizedWeight, unpack_int4
+from inferd.quant.kernels import Int8Tiles, int8_tiles_rows
 
 
 class QuantizedEmbedding(nn.Module):
-    """Embedding table held as INT8 (per row), INT4 (group-wise) or FP8 (per row)."""
+    """Embedding table held as INT8 (per row), INT4 (group-wise) or FP8 (per row), or in a tied
+    int8 head's own tile layout (`Int8Tiles`, group-wise)."""
 
-    def __init__(self, weight: QuantizedWeight, *, out_dtype: torch.dtype = torch.float32,
+    def __init__(self, weight: QuantizedWeight | Int8Tiles, *, out_dtype: torch.dtype = torch.float32,
                  padding_idx: int | None = None, device: torch.device | str = "cpu") -> None:
         super().__init__()
-        self.num_embeddings, self.embedding_dim = weight.shape
         self.out_dtype = out_dtype
         self.padding_idx = padding_idx
         self.kind = type(weight).__name__
+        if isinstance(weight, Int8Tiles):  # the head's buffers as they are: one copy
+            self.num_embeddings, self.embedding_dim = weight.codes.shape[0] * 16, weight.codes.shape[1] * 4
+            self.group_size = weight.group
+            self.register_buffer("qweight", weight.codes)
+            self.register_buffer("scale", weight.scales)
+            self.register_buffer("min", None)
+            return
+        self.num_embeddings, self.embedding_dim = weight.shape
         self.group_size = getattr(weight, "group_size", self.embedding_dim)
         if isinstance(weight, Int8Weight) and not weight.per_channel:
             raise ValueError("QuantizedEmbedding takes per-row int8 scales only")
@@ -40,6 +49,9 @@ class QuantizedEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
+        if self.kind == "Int8Tiles":
+            rows = int8_tiles_rows(Int8Tiles(self.qweight, self.scale, self.group_size), flat)
+            return rows.reshape(*ids.shape, self.embedding_dim).to(self.out_dtype)
         scale = F.embedding(flat, self.scale).float()
         if self.kind == "Int4Weight":
             q = unpack_int4(F.embedding(flat, self.qweight)).float()
@@ -58,7 +70,7 @@ class QuantizedEmbedding(nn.Module):
                 f"group_size={self.group_size}, out_dtype={self.out_dtype}")
 
 
-def embedding_from_quantized(weight: Int8Weight | Int4Weight | Fp8Weight,
+def embedding_from_quantized(weight: Int8Weight | Int4Weight | Fp8Weight | Int8Tiles,
                              like: nn.Embedding) -> QuantizedEmbedding:
     """Replace `like` (same device, output dtype and padding index)."""
     return QuantizedEmbedding(weight, out_dtype=like.weight.dtype, padding_idx=like.padding_idx,

@@ -207,6 +207,75 @@ def int4_dequantize_cpu(packed: torch.Tensor, n: int, k: int, group_size: int,
 
 
 # ---- int8 --------------------------------------------------------------------------------------
+# CPU: inferd's tile layout where its VNNI kernel is built (int8_tiles_mm: q + 128 as bytes
+# [N/16, K/4, 64], fp16 scales [N/16, K/group, 16], w = q * scale), else rows [N, K] with a
+# per-channel scale (int8_rows_mm, or torch's `_weight_int8pack_mm`).
+INT8_TILE_GROUPS = (128, 64, 32, 16)  # activation groups the tile kernel takes (int32-exact)
+
+
+def int8_tile_group(n: int, k: int, group_size: int, per_channel: bool, scale: torch.Tensor) -> int | None:
+    """The group the int8 tile kernel runs an [n, k] weight with, or None where it cannot:
+    the weight's own group, or for per-channel scales the largest group dividing k (the scale
+    is then repeated per group); scales must survive fp16 exactly enough (see `fp16_holds`)."""
+    if n % 16 or k % 16 or not _native_int4_built() or not fp16_holds(scale):
+        return None
+    if per_channel:
+        return next((g for g in INT8_TILE_GROUPS if k % g == 0), None)
+    return group_size if group_size in INT8_TILE_GROUPS else None
+
+
+@dataclass(frozen=True)
+class Int8Tiles:
+    """An int8 weight in inferd's tile layout: w = q * scale per group of `group` inputs."""
+
+    codes: torch.Tensor  # uint8 [N/16, K/4, 64]: byte 4i + j of a tile's k chunk is row i's q + 128 at k0 + j
+    scales: torch.Tensor  # fp16 [N/16, K // group, 16]
+    group: int
+
+
+def pack_int8_tiles(q: torch.Tensor, scale: torch.Tensor, group: int) -> Int8Tiles:
+    """int8 q [N, K] and float scale [N, K // group] -> the tile layout."""
+    n, k = q.shape
+    codes = (q.to(torch.int16) + 128).to(torch.uint8).reshape(n // 16, 16, k // 4, 4)
+    scales = scale.to(torch.float16).reshape(n // 16, 16, k // group).transpose(1, 2)
+    return Int8Tiles(codes.permute(0, 2, 1, 3).reshape(n // 16, k // 4, 64).contiguous(), scales.contiguous(), group)
+
+
+def unpack_int8_tiles(codes: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """int8 q [N, K] (or only the rows `rows`, int64 [R]) back out of the tile layout."""
+    tiles, chunks = codes.shape[:2]
+    b = codes.view(tiles, chunks, 16, 4)
+    if rows is None:
+        out = b.permute(0, 2, 1, 3).reshape(tiles * 16, chunks * 4)
+    else:
+        out = b[rows // 16, :, rows % 16].reshape(rows.numel(), chunks * 4)
+    return (out.to(torch.int16) - 128).to(torch.int8)
+
+
+def int8_tile_scales(scales: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """The tiles' fp16 scales as float32 [N, G] (or only `rows`)."""
+    if rows is None:
+        return scales.transpose(1, 2).reshape(-1, scales.shape[1]).float()
+    return scales[rows // 16, :, rows % 16].float()
+
+
+def int8_tiles_mm(x: torch.Tensor, tiles: Int8Tiles) -> torch.Tensor:
+    """x [M, K] bf16 @ (q * scale).T -> [M, N] bf16."""
+    return cpu_ops.ops().int8_tiles_mm(x, tiles.codes, tiles.group, tiles.scales)
+
+
+def int8_tiles_rows(tiles: Int8Tiles, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows `rows` (int64 [R]; all when None) of the weight the tile kernel multiplies by, in
+    float32 [R, K]: what a tied embedding looks up."""
+    q = unpack_int8_tiles(tiles.codes, rows).float()
+    r, k = q.shape
+    w = q.view(r, k // tiles.group, tiles.group) * int8_tile_scales(tiles.scales, rows)[..., None]
+    return w.reshape(r, k)
+
+
+def int8_tiles_dequantize(tiles: Int8Tiles, dtype: torch.dtype) -> torch.Tensor:
+    """The [N, K] weight the tile kernel multiplies by, computed in float32, rounded once to `dtype`."""
+    return int8_tiles_rows(tiles).to(dtype)
 
 
 def int8_mm_cpu(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

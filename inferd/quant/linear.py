@@ -112,11 +112,13 @@ def _target(linear: nn.Linear, device: torch.device | str | None) -> torch.devic
 class Int8Linear(_QuantLinear):
     """INT8 weights, read at 8 bits/weight on every path.
 
-    CPU with per-channel scales: `_weight_int8pack_mm` for small batches, dequant + bf16 GEMM
-    from CPU_INT8_DEQUANT_FROM tokens on. Group-wise scales (GGUF Q8_0), and all int8 on CUDA
-    (where torch's `_weight_int8pack_mm` is a naive kernel, 5-50x slower than bf16), take the
-    "two-plane" path: q = 16 hi + lo splits into two int4 planes run as one tinygemm call over
-    [x, x], hi with scale 16 d and lo with scale d, zero 8 d. Exact up to bf16 rounding of d.
+    CPU with AVX-512 VNNI: inferd's int8 tile kernel (`kernels.int8_tiles_mm`, fp16 scales per
+    group: GGUF Q8_0's own values exactly; per-channel scales repeated per group), dequant +
+    bf16 GEMM from CPU_INT8_DEQUANT_FROM tokens on. Other CPUs with per-channel scales: the row
+    kernel (`int8_mm_cpu`). Group-wise scales elsewhere, and all int8 on CUDA (where torch's
+    `_weight_int8pack_mm` is a naive kernel, 5-50x slower than bf16), take the "two-plane"
+    path: q = 16 hi + lo splits into two int4 planes run as one tinygemm call over [x, x], hi
+    with scale 16 d and lo with scale d, zero 8 d. Exact up to bf16 rounding of d.
     """
 
     def __init__(self, weight: Int8Weight, bias: torch.Tensor | None = None, *,
@@ -125,6 +127,16 @@ class Int8Linear(_QuantLinear):
         super().__init__(weight.shape, bias, device,
                          compute_dtype or default_compute_dtype(device, torch.float32))
         self.group_size = weight.group_size
+        n, k = weight.shape
+        self.tile_group = kernels.int8_tile_group(n, k, weight.group_size, weight.per_channel, weight.scale) \
+            if device.type == "cpu" and self.compute_dtype == torch.bfloat16 else None
+        if self.tile_group is not None:
+            self.two_plane = False
+            scale = weight.scale.repeat_interleave(k // self.tile_group // weight.scale.shape[1], dim=1)
+            tiles = kernels.pack_int8_tiles(weight.qweight, scale, self.tile_group)
+            self.register_buffer("qweight", tiles.codes.to(device))
+            self.register_buffer("scale", tiles.scales.to(device))
+            return
         self.two_plane = device.type == "cuda" or not weight.per_channel
         if not self.two_plane:
             self.register_buffer("qweight", weight.qweight.to(device))
@@ -133,7 +145,6 @@ class Int8Linear(_QuantLinear):
         if self.compute_dtype != torch.bfloat16:
             raise ValueError(f"{device.type} int8 runs on the bf16 int4 kernel; "
                              f"compute_dtype {self.compute_dtype} is not supported")
-        n, k = weight.shape
         # Per-channel scales are repeated over the largest group tinygemm takes.
         plane_group = weight.group_size if not weight.per_channel else next(
             (g for g in (256, 128, 64, 32) if k % g == 0), k)
@@ -160,13 +171,29 @@ class Int8Linear(_QuantLinear):
     def from_quantized(cls, weight: Int8Weight, bias: torch.Tensor | None = None, **kwargs) -> Int8Linear:
         return cls(weight, bias, **kwargs)
 
+    @property
+    def _dequant_from(self) -> int:
+        """Rows from which a CPU call runs dequant + bf16 GEMM (only while the bf16 copy stays
+        cache-sized)."""
+        small = self.in_features * self.out_features <= CPU_INT8_DEQUANT_MAX_WEIGHTS
+        return CPU_INT8_DEQUANT_FROM if small else 1 << 30
+
+    @property
+    def tiles(self) -> kernels.Int8Tiles | None:
+        """The weight in the int8 tile layout, where this module holds it so."""
+        return None if self.tile_group is None else kernels.Int8Tiles(self.qweight, self.scale, self.tile_group)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = self._prepare(x)
-        if self.two_plane:
+        if self.tile_group is not None:
+            if x2.shape[0] >= self._dequant_from:
+                y = F.linear(x2, kernels.int8_tiles_dequantize(self.tiles, self.compute_dtype))
+            else:
+                y = kernels.int8_tiles_mm(x2, self.tiles)
+        elif self.two_plane:
             y = kernels.int4_mm(torch.cat([x2, x2], dim=1), self.qweight, self.plane_group,
                                 self.scale_zeros)
-        elif (x2.shape[0] >= CPU_INT8_DEQUANT_FROM
-              and self.qweight.numel() <= CPU_INT8_DEQUANT_MAX_WEIGHTS):
+        elif x2.shape[0] >= self._dequant_from:
             y = F.linear(x2, self.qweight.to(self.compute_dtype)) * self.scale
         else:
             y = kernels.int8_mm_cpu(x2, self.qweight, self.scale)
@@ -180,16 +207,17 @@ class Int8Linear(_QuantLinear):
     def native_spec(self) -> NativeLinear | None:
         if self.packed_for != "cpu":
             return None
+        if self.tile_group is not None:
+            return self._native(native_stack.INT8_TILES, self.scale, group=self.tile_group,
+                                max_rows=self._dequant_from - 1)
         if self.two_plane:
             return self._native(native_stack.INT8_PLANES, self.scale_zeros, group=self.plane_group) \
                 if kernels.native_int4_applies(self.qweight) else None
-        dequant_from = (CPU_INT8_DEQUANT_FROM if self.qweight.numel() <= CPU_INT8_DEQUANT_MAX_WEIGHTS
-                        else 1 << 30)
-        return self._native(native_stack.INT8, self.scale, max_rows=dequant_from - 1)
+        return self._native(native_stack.INT8, self.scale, max_rows=self._dequant_from - 1)
 
     def extra_repr(self) -> str:
         groups = "per_channel" if self.group_size == self.in_features else f"group_size={self.group_size}"
-        kernel = "int4x2_tinygemm" if self.two_plane else "int8pack"
+        kernel = "int8_tiles" if self.tile_group is not None else "int4x2_tinygemm" if self.two_plane else "int8pack"
         return f"{self._repr_base()}, {groups}, kernel={kernel}"
 
 

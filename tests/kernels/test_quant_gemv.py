@@ -8,6 +8,7 @@ import torch
 
 from inferd.kernels import cpu_ops
 from inferd.quant import kernels
+from inferd.quant.formats import quantize_int8
 from inferd.quant.linear import Fp8Linear, Int4Linear, Int8Linear
 
 SHAPES = [(960, 576), (128, 1536), (64, 96)]
@@ -41,12 +42,63 @@ def test_fp8_rows_mm_matches_float64_of_the_fp8_weight(n, k, rows):
 @pytest.mark.parametrize("n,k", SHAPES)
 @pytest.mark.parametrize("rows", ROWS)
 def test_int8_rows_mm_matches_float64_of_the_int8_weight(n, k, rows):
-    layer = Int8Linear.from_linear(_linear(n, k))
-    weight = layer.qweight.double() * layer.scale.double()[:, None]
+    q, scale = _int8_rows(n, k)  # the row layout, as Int8Linear holds it where VNNI is missing
+    weight = q.double() * scale.double()[:, None]
     x = _x(rows, k)
-    y = cpu_ops.ops().int8_rows_mm(x, layer.qweight, layer.scale)
+    y = cpu_ops.ops().int8_rows_mm(x, q, scale)
     assert _rel_err(y, x.double() @ weight.T) < 8e-3
-    assert _rel_err(y, torch.ops.aten._weight_int8pack_mm(x, layer.qweight, layer.scale).double()) < 1.6e-2
+    assert _rel_err(y, torch.ops.aten._weight_int8pack_mm(x, q, scale).double()) < 1.6e-2
+
+
+def _int8_rows(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    w = quantize_int8(_linear(n, k).weight)
+    return w.qweight, w.scale[:, 0].to(torch.bfloat16)
+
+
+def _vnni(n: int, k: int) -> None:
+    if not kernels.tiles_apply(n, k):
+        pytest.skip("inferd's tile kernels need AVX-512 VNNI, which this CPU lacks")
+
+
+@pytest.mark.parametrize("n,k,group", [(960, 576, None), (128, 1536, None), (64, 96, None),
+                                       (960, 576, 32), (48, 256, 128), (80, 128, 16)])
+@pytest.mark.parametrize("rows", ROWS)
+def test_int8_tiles_mm_matches_float64_of_the_int8_weight(n, k, group, rows):
+    _vnni(n, k)
+    w = quantize_int8(_linear(n, k).weight, group_size=group)
+    layer = Int8Linear(w)
+    assert layer.tiles is not None and layer.tile_group == (group or next(g for g in (128, 64, 32, 16) if k % g == 0))
+    # the tiles hold the format's codes exactly, and its scales to fp16
+    assert torch.equal(kernels.unpack_int8_tiles(layer.qweight), w.qweight)
+    scale = w.scale.repeat_interleave(k // layer.tile_group // w.scale.shape[1], 1)  # per-channel: per group
+    assert torch.equal(kernels.int8_tile_scales(layer.scale), scale.half().float())
+    weight = kernels.int8_tiles_rows(layer.tiles).double()
+    x = _x(rows, k)
+    y = kernels.int8_tiles_mm(x, layer.tiles)
+    assert y.dtype == torch.bfloat16 and y.shape == (rows, n)
+    assert _rel_err(y, x.double() @ weight.T) < 8e-3
+
+
+def test_int8_tiles_keep_q8_0_blocks_exactly():
+    """GGUF Q8_0: q int8 with one fp16 scale per 32 -- the tiles hold both bit for bit."""
+    _vnni(64, 128)
+    g = torch.Generator().manual_seed(4)
+    q = torch.randint(-128, 128, (64, 128), generator=g, dtype=torch.int8)
+    d = (torch.rand(64, 4, generator=g) * 0.01 + 1e-4).half().float()
+    tiles = kernels.pack_int8_tiles(q, d, 32)
+    assert torch.equal(kernels.unpack_int8_tiles(tiles.codes), q)
+    assert torch.equal(kernels.int8_tiles_rows(tiles), q.float() * d.repeat_interleave(32, 1))
+    rows = torch.tensor([0, 17, 63, 17])
+    assert torch.equal(kernels.int8_tiles_rows(tiles, rows), kernels.int8_tiles_rows(tiles)[rows])
+
+
+def test_int8_tiles_nonfinite_activations_propagate():
+    _vnni(64, 64)
+    layer = Int8Linear.from_linear(_linear(64, 64))
+    x = _x(2, 64)
+    x[0, 3] = float("nan")
+    y = kernels.int8_tiles_mm(x, layer.tiles)
+    assert not torch.isfinite(y[0]).any() and torch.isfinite(y[1]).all()
 
 
 def test_fp8_decode_is_exact_for_every_code_including_subnormals():
@@ -63,8 +115,7 @@ def test_fp8_decode_is_exact_for_every_code_including_subnormals():
                                                  (80, 256, 128, False), (48, 96, 32, True)])
 @pytest.mark.parametrize("rows", ROWS)
 def test_int4_mm_matches_float64_of_the_packed_weight(n, k, rows, group, symmetric):
-    if not kernels.tiles_apply(n, k):
-        pytest.skip("inferd's int4 kernel needs AVX-512 VNNI, which this CPU lacks")
+    _vnni(n, k)
     layer = Int4Linear.from_linear(_linear(n, k), group_size=group, symmetric=symmetric)
     assert kernels.native_int4_applies(layer.qweight)
     weight = kernels.int4_dequantize_cpu(layer.qweight, n, k, group, layer.scale_zeros, torch.float32)
@@ -109,12 +160,15 @@ def test_int4_nonfinite_activations_propagate():
 def test_rows_do_not_depend_on_how_many_share_the_call():
     layer8 = Fp8Linear.from_linear(_linear(960, 576))
     layer4 = Int4Linear.from_linear(_linear(960, 576), group_size=32, symmetric=False)
-    int8 = Int8Linear.from_linear(_linear(960, 576))
+    q, scale = _int8_rows(960, 576)
     x = _x(11, 576, seed=5)
     ops = cpu_ops.ops()
     calls = [lambda a: ops.fp8_rows_mm(a, layer8.qweight, layer8.scale),
              lambda a: ops.int4_mm(a, layer4.qweight, 32, layer4.scale_zeros),
-             lambda a: ops.int8_rows_mm(a, int8.qweight, int8.scale)]
+             lambda a: ops.int8_rows_mm(a, q, scale)]
+    if kernels.tiles_apply(960, 576):
+        int8 = Int8Linear.from_linear(_linear(960, 576))
+        calls.append(lambda a: kernels.int8_tiles_mm(a, int8.tiles))
     for call in calls:
         together = call(x)
         for i in range(x.shape[0]):

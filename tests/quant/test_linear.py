@@ -104,7 +104,9 @@ def test_int4_module_dequantize_is_the_format_with_its_layouts_scales() -> None:
 
 def test_weight_bytes_and_repr() -> None:
     linear = _linear(256, 64)
-    assert Int8Linear.from_linear(linear).weight_bytes == 64 * 256 + 64 * 2
+    int8 = Int8Linear.from_linear(linear)  # scales: one per row, or in the tile layout one per row and group
+    groups = 1 if int8.tile_group is None else 256 // int8.tile_group
+    assert int8.weight_bytes == 64 * 256 + 64 * groups * 2
     assert Int4Linear.from_linear(linear, group_size=64).weight_bytes == 64 * 128 + 4 * 64 * 2 * 2
     assert Fp8Linear.from_linear(linear).weight_bytes == 64 * 256 + 64 * 2
     text = repr(Int4Linear.from_linear(linear, group_size=32, symmetric=False))

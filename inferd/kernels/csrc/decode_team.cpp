@@ -131,6 +131,13 @@ Linear describe(int64_t kind, int64_t group, const Tensor& a, const Tensor& b, c
                     b.scalar_type() == at::kHalf && b.size(0) == out / 16 && b.size(1) == lin.k / group &&
                     a.dim() == 3 && a.size(0) == out / 16 && a.size(1) == lin.k / 8 && a.size(2) == 64,
                 "decode_team: int4 tiles do not match a [", out, ", ", in, "] linear");
+  } else if (kind == INT8_TILES) {
+    lin.k = in;
+    TORCH_CHECK(group > 0 && group % 16 == 0 && group <= 128 && in % group == 0 && out % 16 == 0 &&
+                    b.dim() == 3 && b.scalar_type() == at::kHalf && b.size(0) == out / 16 &&
+                    b.size(1) == in / group && a.dim() == 3 && a.size(0) == out / 16 && a.size(1) == in / 4 &&
+                    a.size(2) == 64,
+                "decode_team: int8 tiles do not match a [", out, ", ", in, "] linear");
   } else {
     lin.k = in;
     TORCH_CHECK(a.dim() == 2 && a.size(0) == out && a.size(1) == in && b.numel() == out &&
@@ -162,7 +169,7 @@ void rows_share(const Linear& lin, const float* xf, int64_t rows, int64_t n0, in
 // thread prepares x for the kernel and takes chunks of output rows from `queue`'s `phase`.
 void linear_share(const Linear& lin, const BFloat16* x, int64_t rows, int64_t in, BFloat16* y, Scratch& s,
                   WorkQueue& queue, int64_t phase, int tid) {
-  const bool tiles = lin.kind == INT4 || lin.kind == INT8_PLANES;
+  const bool tiles = lin.kind == INT4 || lin.kind == INT8_PLANES || lin.kind == INT8_TILES;
   if (tiles) {
     const BFloat16* xin = x;
     if (lin.kind == INT8_PLANES) {  // the op's input is [x, x]
@@ -179,7 +186,10 @@ void linear_share(const Linear& lin, const BFloat16* x, int64_t rows, int64_t in
   }
   queue.run(phase, (lin.n + 15) / 16, MATMUL_CHUNK, tid, [&](int64_t u0, int64_t u1) {
     const int64_t n0 = u0 * 16, n1 = std::min(lin.n, u1 * 16);
-    if (tiles) {
+    if (lin.kind == INT8_TILES) {
+      inferd_quant::int8_tile_range(s.quantized, rows, lin.codes, static_cast<const c10::Half*>(lin.scale), lin.k,
+                                    lin.group, u0, u1, y, lin.n);
+    } else if (tiles) {
       inferd_quant::int4_tile_range(s.quantized, rows, lin.codes, static_cast<const c10::Half*>(lin.scale), lin.k,
                                     lin.group, u0, u1, y, lin.n);
     } else if (lin.kind == INT8) {
@@ -220,7 +230,7 @@ Attend attend_for(int64_t d) {
 bool serves(const Tensor& x, at::IntArrayRef layout, int64_t max_rows) {
   if (x.scalar_type() != at::kBFloat16 || x.size(0) > std::min<int64_t>(max_rows, TEAM_MAX_ROWS)) return false;
   for (size_t i = 0; i < layout.size(); i += 2)
-    if (layout[i] != INT4 && layout[i] != INT8 && layout[i] != FP8 && layout[i] != INT8_PLANES) return false;
+    if (layout[i] < INT4 || layout[i] > INT8_TILES) return false;  // oneDNN's GEMMs bring their own threads
   return true;
 }
 
@@ -284,7 +294,7 @@ Tensor decoder_stack(const Tensor& x_in, const c10::List<std::optional<Tensor>>&
       norms.push_back(w.const_data_ptr<BFloat16>());
     }
     const Tensor gate_up = get(w0 + 2 + 3 * 2);  // [2I/16, ..] tiles or [2I, K] rows
-    inter = (lay[4] == INT4 || lay[4] == INT8_PLANES ? gate_up.size(0) * 16 : gate_up.size(0)) / 2;
+    inter = (lay[4] == INT8 || lay[4] == FP8 ? gate_up.size(0) : gate_up.size(0) * 16) / 2;
     const int64_t in[4] = {hidden, q_width, hidden, inter}, out[4] = {qkv_width, hidden, 2 * inter, hidden};
     for (int i = 0; i < 4; ++i) {
       const int64_t base = w0 + 2 + 3 * i;

@@ -10,7 +10,7 @@
 namespace inferd_team {
 
 constexpr int64_t PER_LAYER = 14;  // tensors per layer in decoder_stack's `weights`
-enum Kind : int64_t { PACKED = 0, INT4 = 1, INT8 = 2, FP8 = 3, INT8_PLANES = 4 };
+enum Kind : int64_t { PACKED = 0, INT4 = 1, INT8 = 2, FP8 = 3, INT8_PLANES = 4, INT8_TILES = 5 };
 constexpr int64_t TEAM_MAX_ROWS = 8;  // more rows than this are matmul-bound: the per-op path
 
 // Whether the team runs this step: bf16 rows, at most min(max_rows, TEAM_MAX_ROWS) of them,

@@ -11,6 +11,7 @@
 //   0 oneDNN-packed float weight a (mkldnn::_linear_pointwise, bias fused)
 //   1 int4 tiles a with scale_zeros b (int4_mm)      2 int8 rows a, scale b (int8_rows_mm)
 //   3 fp8 rows a, scale b (fp8_rows_mm)              4 int8 as two int4 planes (int4_mm on [x, x])
+//   5 int8 tiles a with scales b (int8_tiles_mm)
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -28,6 +29,7 @@ using inferd_team::FP8;
 using inferd_team::INT4;
 using inferd_team::INT8;
 using inferd_team::INT8_PLANES;
+using inferd_team::INT8_TILES;
 using inferd_team::PACKED;
 using inferd_team::PER_LAYER;
 
@@ -54,6 +56,8 @@ struct Kernels {
                                   const Tensor&, double, int64_t)>();
   c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&, int64_t, const Tensor&)> int4_mm =
       op("inferd_cpu::int4_mm").typed<Tensor(const Tensor&, const Tensor&, int64_t, const Tensor&)>();
+  c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&, int64_t, const Tensor&)> int8_tiles_mm =
+      op("inferd_cpu::int8_tiles_mm").typed<Tensor(const Tensor&, const Tensor&, int64_t, const Tensor&)>();
   c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&, const Tensor&)> int8_rows_mm =
       op("inferd_cpu::int8_rows_mm").typed<Tensor(const Tensor&, const Tensor&, const Tensor&)>();
   c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&, const Tensor&)> fp8_rows_mm =
@@ -86,6 +90,7 @@ Tensor linear(int64_t kind, int64_t group, const Tensor& a, const Tensor& b, con
     case INT8: y = k.int8_rows_mm.call(x, a, b); break;
     case FP8: y = k.fp8_rows_mm.call(x, a, b); break;
     case INT8_PLANES: y = k.int4_mm.call(at::cat({x, x}, 1), a, group, b); break;
+    case INT8_TILES: y = k.int8_tiles_mm.call(x, a, group, b); break;
     default: TORCH_CHECK(false, "decoder_stack: unknown linear kind ", kind);
   }
   return bias.defined() ? y + bias : y;

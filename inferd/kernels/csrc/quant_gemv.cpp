@@ -3,8 +3,10 @@
 // stored twice:
 //   int8_rows_mm  int8 [N, K] row-major, one scale (fp32 or bf16) per output row
 //   fp8_rows_mm   float8_e4m3fn [N, K] row-major, one scale (fp32 or bf16) per output row
-//   int4_mm       inferd's int4 tile layout ([N/16, K/8, 64] bytes, see its section below),
+//   int4_mm       inferd's int4 tile layout ([N/16, K/8, 64] bytes, see quant_kernels.h),
 //                 fp16 (scale, min) [N/16, K/group, 2, 16]: w = q s + m
+//   int8_tiles_mm inferd's int8 tile layout ([N/16, K/4, 64] bytes of q + 128), fp16 scales
+//                 [N/16, K/group, 16]: w = q s
 // Decode is memory-bound: each weight byte is read once per call and widened in registers.
 // Rows are computed independently in a fixed order, so results do not depend on how many rows
 // share the call. Registered next to cpu_ops.cpp's kernels as torch.ops.inferd_cpu.*.
@@ -122,7 +124,36 @@ Tensor int4_mm(const Tensor& x, const Tensor& codes, int64_t group, const Tensor
 #endif
 }
 
-// Whether int4_mm was compiled for this CPU (it needs AVX-512 VNNI and BW).
+// x [M, K] bf16; codes [N/16, K/4, 64] (q + 128) and scales [N/16, K/group, 16] fp16 in the
+// int8 tile layout (quant_kernels.h). Returns x @ W.T as bf16 [M, N], rows independent of M.
+Tensor int8_tiles_mm(const Tensor& x, const Tensor& codes, int64_t group, const Tensor& scales) {
+  TORCH_CHECK(scales.dim() == 3 && scales.size(2) == 16 && scales.is_contiguous() &&
+                  scales.scalar_type() == at::kHalf,
+              "int8_tiles_mm: scales must be contiguous fp16 [N/16, K/group, 16]");
+  TORCH_CHECK(group > 0 && group % 16 == 0 && group <= 128, "int8_tiles_mm: group must be 16..128, a multiple of 16");
+  const int64_t tiles = scales.size(0), n = tiles * 16, k = scales.size(1) * group;
+  check_x(x, k, "int8_tiles_mm");
+  TORCH_CHECK(codes.dim() == 3 && codes.size(0) == tiles && codes.size(1) == k / 4 && codes.size(2) == 64 &&
+                  codes.is_contiguous() && codes.element_size() == 1,
+              "int8_tiles_mm: codes must be the [N/16, K/4, 64] tile layout of the same weight");
+  const int64_t rows = x.size(0);
+  Tensor y = at::empty({rows, n}, x.options());
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+  QuantizedRows q;
+  quantize_rows(x.const_data_ptr<BFloat16>(), rows, k, group, q);
+  const uint8_t* cp = static_cast<const uint8_t*>(codes.const_data_ptr());
+  const c10::Half* sp = scales.const_data_ptr<c10::Half>();
+  BFloat16* yp = y.mutable_data_ptr<BFloat16>();
+  at::parallel_for(0, tiles, UNIT_TILES, [&](int64_t begin, int64_t end) {
+    int8_tile_range(q, rows, cp, sp, k, group, begin, end, yp, n);
+  });
+  return y;
+#else
+  TORCH_CHECK(false, "int8_tiles_mm: built without AVX-512 VNNI");
+#endif
+}
+
+// Whether int4_mm and int8_tiles_mm were compiled for this CPU (they need AVX-512 VNNI and BW).
 bool int4_mm_built() {
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
   return true;
@@ -137,6 +168,7 @@ TORCH_LIBRARY_FRAGMENT(inferd_cpu, m) {
   m.def("int8_rows_mm(Tensor x, Tensor weight, Tensor scale) -> Tensor");
   m.def("fp8_rows_mm(Tensor x, Tensor weight, Tensor scale) -> Tensor");
   m.def("int4_mm(Tensor x, Tensor codes, int group_size, Tensor scale_zeros) -> Tensor");
+  m.def("int8_tiles_mm(Tensor x, Tensor codes, int group_size, Tensor scales) -> Tensor");
   m.def("int4_mm_built() -> bool", int4_mm_built);
 }
 
@@ -144,4 +176,5 @@ TORCH_LIBRARY_IMPL(inferd_cpu, CPU, m) {
   m.impl("int8_rows_mm", int8_rows_mm);
   m.impl("fp8_rows_mm", fp8_rows_mm);
   m.impl("int4_mm", int4_mm);
+  m.impl("int8_tiles_mm", int8_tiles_mm);
 }

@@ -152,10 +152,12 @@ constexpr int32_t X_MAX = 32639;        // keeps h = round(X / 256) within [-127
 constexpr int64_t PREFETCH_CHUNKS = 32;
 constexpr int64_t PREFETCH_GROUPS = 16;
 
-// Per row of x: int8 digits h and l [K]; per group the scale sx and the plain sum of x.
+// Per row of x: int8 digits h and l [K]; per group the scale sx, the plain sum of x and the
+// integer sum of X (for the int8 tiles' code offset).
 struct QuantizedRows {
   std::vector<int8_t> hi, lo;
   std::vector<float> scale, sum;
+  std::vector<int32_t> isum;
 };
 
 // Fills q for rows x [rows, K] (q's buffers are reused across calls: no allocation once grown).
@@ -165,6 +167,7 @@ inline void quantize_rows(const BFloat16* x, int64_t rows, int64_t k, int64_t gr
   q.lo.resize(rows * k);
   q.scale.resize(rows * groups);
   q.sum.resize(rows * groups);
+  q.isum.resize(rows * groups);
   const __m512 sign_off = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t g = 0; g < groups; ++g) {
@@ -184,14 +187,17 @@ inline void quantize_rows(const BFloat16* x, int64_t rows, int64_t k, int64_t gr
       q.sum[r * groups + g] = _mm512_reduce_add_ps(vsum);
       const __m512 inv = _mm512_set1_ps(finite && m > 0 ? X_MAX / m : 0.f);
       const __m512i lim = _mm512_set1_epi32(X_MAX);
+      __m512i isum = _mm512_setzero_si512();
       for (int64_t i = 0; i < group; i += 16) {
         __m512i xi = _mm512_cvtps_epi32(_mm512_mul_ps(inferd_vec::load16(x + base + i), inv));
         xi = _mm512_max_epi32(_mm512_min_epi32(xi, lim), _mm512_sub_epi32(_mm512_setzero_si512(), lim));
+        isum = _mm512_add_epi32(isum, xi);
         const __m512i h = _mm512_srai_epi32(_mm512_add_epi32(xi, _mm512_set1_epi32(128)), 8);
         const __m512i l = _mm512_sub_epi32(xi, _mm512_slli_epi32(h, 8));
         _mm_storeu_si128(reinterpret_cast<__m128i*>(q.hi.data() + base + i), _mm512_cvtepi32_epi8(h));
         _mm_storeu_si128(reinterpret_cast<__m128i*>(q.lo.data() + base + i), _mm512_cvtepi32_epi8(l));
       }
+      q.isum[r * groups + g] = _mm512_reduce_add_epi32(isum);
     }
 }
 
@@ -290,6 +296,93 @@ inline void int4_tile_range(const QuantizedRows& q, int64_t rows, const uint8_t*
       for (int64_t t = first; t < last; t += max_tiles(r)) {
         const int64_t nt = std::min(max_tiles(r), last - t);
         tile_fn(r, nt)(q, r0, codes, sz, k, group, t, y, n);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- int8, tile layout
+//
+// codes [N/16, K/4, 64] uint8, tile t holding rows 16t..16t+15: in each 4-wide k chunk byte
+// 4i+j is q + 128 for row i and k0+j (q int8, so the byte is unsigned, as vpdpbusd's first
+// operand must be). scales [N/16, K/group, 16] fp16: w = q s (GGUF Q8_0's fp16 d exactly).
+// With x held as for int4 (X = 256 h + l per group), per group
+//   sum_k q X = 256 sum (q + 128) h + sum (q + 128) l - 128 sum X,
+// all exact in int32 for groups up to 128. Two instructions per 64 weights, against seven for
+// int4's nibbles: this kernel streams at memory speed with cycles to spare.
+
+template <int R, int T>
+inline void int8_tiles(const QuantizedRows& q, int64_t r0, const uint8_t* codes, const c10::Half* sc, int64_t k,
+                       int64_t group, int64_t t0, BFloat16* y, int64_t n) {
+  const int64_t groups = k / group, chunks = k / 4, per_group = group / 4;
+  const uint8_t* c[T];
+  for (int t = 0; t < T; ++t) c[t] = codes + (t0 + t) * chunks * 64;
+  __m512 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i ih[R][T], il[R][T];
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < T; ++t) ih[r][t] = il[r][t] = _mm512_setzero_si512();
+    for (int64_t ch = g * per_group; ch < (g + 1) * per_group; ++ch) {
+      __m512i v[T];
+      for (int t = 0; t < T; ++t) {
+        const int64_t ahead = ch + PREFETCH_CHUNKS;
+        _mm_prefetch(reinterpret_cast<const char*>(ahead < chunks ? c[t] + ahead * 64
+                                                                  : c[t] + (T * chunks + ahead - chunks) * 64),
+                     _MM_HINT_T1);
+        v[t] = _mm512_loadu_si512(c[t] + ch * 64);
+      }
+      for (int r = 0; r < R; ++r) {
+        const __m512i h = broadcast4(q.hi.data() + (r0 + r) * k + ch * 4);
+        const __m512i l = broadcast4(q.lo.data() + (r0 + r) * k + ch * 4);
+        for (int t = 0; t < T; ++t) {
+          ih[r][t] = _mm512_dpbusd_epi32(ih[r][t], v[t], h);
+          il[r][t] = _mm512_dpbusd_epi32(il[r][t], v[t], l);
+        }
+      }
+    }
+    for (int t = 0; t < T; ++t) {
+      const int64_t ahead = g + PREFETCH_GROUPS;
+      _mm_prefetch(reinterpret_cast<const char*>(
+                       sc + (ahead < groups ? (t0 + t) * groups + ahead : (t0 + t + T) * groups + ahead - groups) * 16),
+                   _MM_HINT_T1);
+      const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + ((t0 + t) * groups + g) * 16)));
+      for (int r = 0; r < R; ++r) {
+        const int64_t at = (r0 + r) * groups + g;
+        const __m512i offset = _mm512_set1_epi32(128 * q.isum[at]);
+        const __m512i dot = _mm512_sub_epi32(_mm512_add_epi32(_mm512_slli_epi32(ih[r][t], 8), il[r][t]), offset);
+        acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_set1_ps(q.scale[at])), _mm512_cvtepi32_ps(dot), acc[r][t]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) {
+      alignas(64) float buf[16];
+      _mm512_store_ps(buf, acc[r][t]);
+      BFloat16* out = y + (r0 + r) * n + (t0 + t) * 16;
+      for (int i = 0; i < 16; ++i) out[i] = static_cast<BFloat16>(buf[i]);
+    }
+}
+
+inline TileFn int8_tile_fn(int64_t rows, int64_t tiles) {
+  static constexpr TileFn one[] = {int8_tiles<1, 1>, int8_tiles<1, 2>, int8_tiles<1, 3>, int8_tiles<1, 4>};
+  static constexpr TileFn two[] = {int8_tiles<2, 1>, int8_tiles<2, 2>};
+  if (rows == 1) return one[tiles - 1];
+  if (rows == 2) return two[tiles - 1];
+  return rows == 3 ? int8_tiles<3, 1> : int8_tiles<4, 1>;
+}
+
+// int4_tile_range for int8 tiles: output tiles [begin, end), all rows of q.
+inline void int8_tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* codes, const c10::Half* sc,
+                            int64_t k, int64_t group, int64_t begin, int64_t end, BFloat16* y, int64_t n) {
+  for (int64_t first = begin; first < end; first += UNIT_TILES) {
+    const int64_t last = std::min(end, first + UNIT_TILES);
+    for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+      const int64_t r = std::min<int64_t>(4, rows - r0);
+      for (int64_t t = first; t < last; t += max_tiles(r)) {
+        const int64_t nt = std::min(max_tiles(r), last - t);
+        int8_tile_fn(r, nt)(q, r0, codes, sc, k, group, t, y, n);
       }
     }
   }
