@@ -266,11 +266,15 @@ def int8_tiles_mm(x: torch.Tensor, tiles: Int8Tiles) -> torch.Tensor:
 
 def int8_tiles_rows(tiles: Int8Tiles, rows: torch.Tensor | None = None) -> torch.Tensor:
     """Rows `rows` (int64 [R]; all when None) of the weight the tile kernel multiplies by, in
-    float32 [R, K]: what a tied embedding looks up."""
-    q = unpack_int8_tiles(tiles.codes, rows).float()
-    r, k = q.shape
-    w = q.view(r, k // tiles.group, tiles.group) * int8_tile_scales(tiles.scales, rows)[..., None]
-    return w.reshape(r, k)
+    float32 [R, K]: what a tied embedding looks up (a few ops: this runs every decode step)."""
+    if rows is None:
+        q, scale = unpack_int8_tiles(tiles.codes).float(), int8_tile_scales(tiles.scales)
+    else:
+        tile, lane = rows // 16, rows % 16
+        q = tiles.codes.view(tiles.codes.shape[0], -1, 16, 4)[tile, :, lane].float().sub_(128)
+        scale = tiles.scales[tile, :, lane].float()
+    r = q.shape[0]
+    return q.view(r, -1, tiles.group).mul_(scale.unsqueeze(-1)).view(r, -1)
 
 
 def int8_tiles_dequantize(tiles: Int8Tiles, dtype: torch.dtype) -> torch.Tensor:
