@@ -153,7 +153,7 @@ def crossover(rounds: int) -> None:
             "int4_g64": Int4Linear.from_linear(base, group_size=64),
             "bf16": base.to(torch.bfloat16)}
     print(f"# {k}->{n}, hot cache, us per call: kernel / dequant+GEMM")
-    saved = qlinear.CPU_INT8_DEQUANT_FROM, qlinear.CPU_INT4_DEQUANT_FROM
+    saved = qlinear.CPU_INT8_DEQUANT_FROM, qlinear.CPU_INT4_DEQUANT_FROM, qlinear.CPU_TILES_DEQUANT_FROM
     try:
         with torch.inference_mode():
             for m in (1, 8, 16, 32, 48, 64, 96, 128, 256, 512):
@@ -164,6 +164,7 @@ def crossover(rounds: int) -> None:
                         if name == "bf16" and label == "dequant":
                             continue
                         qlinear.CPU_INT8_DEQUANT_FROM = qlinear.CPU_INT4_DEQUANT_FROM = threshold
+                        qlinear.CPU_TILES_DEQUANT_FROM = threshold
                         mod(x)
                         ts = []
                         for _ in range(rounds):
@@ -173,7 +174,7 @@ def crossover(rounds: int) -> None:
                         row.append(f"{name}/{label} {statistics.median(ts):8.1f}")
                 print("  ".join(row), flush=True)
     finally:
-        qlinear.CPU_INT8_DEQUANT_FROM, qlinear.CPU_INT4_DEQUANT_FROM = saved
+        qlinear.CPU_INT8_DEQUANT_FROM, qlinear.CPU_INT4_DEQUANT_FROM, qlinear.CPU_TILES_DEQUANT_FROM = saved
 
 
 def main() -> None:

@@ -195,7 +195,9 @@ def int4_mm(x: torch.Tensor, packed: torch.Tensor, group_size: int,
 def int4_dequantize_cpu(packed: torch.Tensor, n: int, k: int, group_size: int,
                         scale_zeros: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The [n, k] weight the CPU kernel multiplies by: computed in float32 like the kernel, then
-    rounded once to `dtype`."""
+    rounded once to `dtype` (tiles to bf16 in one native pass, bitwise the same)."""
+    if scale_zeros.dim() == 4 and dtype == torch.bfloat16:
+        return cpu_ops.ops().int4_tiles_dequantize(packed, group_size, scale_zeros)
     q = unpack_int4_cpu(packed, n, k).view(n, k // group_size, group_size).float()
     if scale_zeros.dim() == 4:  # tiles: w = q * scale + min
         sm = scale_zeros.float().permute(0, 3, 1, 2).reshape(n, k // group_size, 2)
@@ -278,7 +280,10 @@ def int8_tiles_rows(tiles: Int8Tiles, rows: torch.Tensor | None = None) -> torch
 
 
 def int8_tiles_dequantize(tiles: Int8Tiles, dtype: torch.dtype) -> torch.Tensor:
-    """The [N, K] weight the tile kernel multiplies by, computed in float32, rounded once to `dtype`."""
+    """The [N, K] weight the tile kernel multiplies by, computed in float32, rounded once to
+    `dtype` (bf16 in one native pass: prefill runs a GEMM on it every call)."""
+    if dtype == torch.bfloat16:
+        return cpu_ops.ops().int8_tiles_dequantize(tiles.codes, tiles.group, tiles.scales)
     return int8_tiles_rows(tiles).to(dtype)
 
 

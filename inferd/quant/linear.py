@@ -28,8 +28,11 @@ from inferd.quant.formats import (
 # From this many tokens on, a CPU call dequantizes the whole weight to bf16 and runs one GEMM:
 # the int8/int4 CPU kernels are GEMV-shaped (they redo the dequantization every 4 rows), so
 # prefill-sized batches lose to bf16 GEMM. Measured with benchmarks/bench_quant_matmul.py
-# (--crossover). For int8 only while the bf16 copy stays cache-sized: on a 576x49152 head the
-# widening pass itself is DRAM-bound and costs more than the kernel at 32 tokens.
+# (--crossover). inferd's tile layouts dequantize in one native pass (~0.1 ms for 576x3072), so
+# they cross over early; torch's int4 layout and int8 rows dequantize in torch ops. For int8
+# only while the bf16 copy stays cache-sized: on a 576x49152 head the widening pass itself is
+# DRAM-bound and costs more than the kernel at 32 tokens.
+CPU_TILES_DEQUANT_FROM = 32
 CPU_INT8_DEQUANT_FROM = 24
 CPU_INT8_DEQUANT_MAX_WEIGHTS = 1 << 22
 CPU_INT4_DEQUANT_FROM = 384
@@ -176,7 +179,9 @@ class Int8Linear(_QuantLinear):
         """Rows from which a CPU call runs dequant + bf16 GEMM (only while the bf16 copy stays
         cache-sized)."""
         small = self.in_features * self.out_features <= CPU_INT8_DEQUANT_MAX_WEIGHTS
-        return CPU_INT8_DEQUANT_FROM if small else 1 << 30
+        if not small:
+            return 1 << 30
+        return CPU_TILES_DEQUANT_FROM if self.tile_group is not None else CPU_INT8_DEQUANT_FROM
 
     @property
     def tiles(self) -> kernels.Int8Tiles | None:
@@ -263,9 +268,16 @@ class Int4Linear(_QuantLinear):
         return kernels.int4_dequantize_cpu(self.qweight, self.out_features, self.in_features,
                                            self.group_size, self.scale_zeros, torch.float32)
 
+    @property
+    def _dequant_from(self) -> int:
+        """Rows from which a CPU call runs dequant + bf16 GEMM."""
+        if not self._unpackable:
+            return 1 << 30
+        return CPU_TILES_DEQUANT_FROM if kernels.native_int4_applies(self.qweight) else CPU_INT4_DEQUANT_FROM
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = self._prepare(x)
-        if self._unpackable and x2.shape[0] >= CPU_INT4_DEQUANT_FROM:
+        if x2.shape[0] >= self._dequant_from:
             w = kernels.int4_dequantize_cpu(self.qweight, self.out_features, self.in_features,
                                             self.group_size, self.scale_zeros, torch.bfloat16)
             y = F.linear(x2, w)
@@ -280,8 +292,8 @@ class Int4Linear(_QuantLinear):
     def native_spec(self) -> NativeLinear | None:
         if not kernels.native_int4_applies(self.qweight):
             return None
-        max_rows = CPU_INT4_DEQUANT_FROM - 1 if self._unpackable else 1 << 30
-        return self._native(native_stack.INT4, self.scale_zeros, group=self.group_size, max_rows=max_rows)
+        return self._native(native_stack.INT4, self.scale_zeros, group=self.group_size,
+                            max_rows=self._dequant_from - 1)
 
     def extra_repr(self) -> str:
         return (f"{self._repr_base()}, group_size={self.group_size}, "

@@ -92,6 +92,21 @@ def test_int8_tiles_keep_q8_0_blocks_exactly():
     assert torch.equal(kernels.int8_tiles_rows(tiles, rows), kernels.int8_tiles_rows(tiles)[rows])
 
 
+@pytest.mark.parametrize("n,k,group", [(960, 576, 32), (48, 256, 128), (80, 128, 16)])
+def test_native_tile_dequantize_is_bitwise_the_float32_formula_rounded_once(n, k, group):
+    """Prefill's dequant + GEMM path reads these: the one-pass native versions of both tile
+    layouts must give the same bf16 weight as the float32 formulas rounded once."""
+    _vnni(n, k)
+    int8 = Int8Linear(quantize_int8(_linear(n, k).weight, group_size=group))
+    assert torch.equal(cpu_ops.ops().int8_tiles_dequantize(int8.qweight, group, int8.scale),
+                       kernels.int8_tiles_rows(int8.tiles).to(torch.bfloat16))
+    int4 = Int4Linear.from_linear(_linear(n, k), group_size=max(group, 32), symmetric=False)
+    g4 = int4.group_size
+    assert torch.equal(cpu_ops.ops().int4_tiles_dequantize(int4.qweight, g4, int4.scale_zeros),
+                       kernels.int4_dequantize_cpu(int4.qweight, n, k, g4, int4.scale_zeros, torch.float32)
+                       .to(torch.bfloat16))
+
+
 def test_int8_tiles_nonfinite_activations_propagate():
     _vnni(64, 64)
     layer = Int8Linear.from_linear(_linear(64, 64))

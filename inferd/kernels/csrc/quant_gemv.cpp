@@ -153,6 +153,128 @@ Tensor int8_tiles_mm(const Tensor& x, const Tensor& codes, int64_t group, const 
 #endif
 }
 
+// ---------------------------------------------------------------- tiles back to bf16 rows
+//
+// Prefill-sized batches run a bf16 GEMM on the dequantized weight: the tile kernels redo their
+// work per 4 rows, oneDNN's GEMM does not. Dequantizing must then cost about one pass over
+// memory. Four 64-byte k chunks of a tile hold, per row i, four bytes each in dword lane i: a
+// 4x16 dword transpose gives each row its sixteen consecutive bytes.
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+// Row 4L+m's four dwords [a, b, c, d] of lane (4L+m), for m = 0..3, as r[m]'s 128-bit lane L.
+inline void transpose_dwords(__m512i a, __m512i b, __m512i c, __m512i d, __m512i (&r)[4]) {
+  const __m512i ab0 = _mm512_unpacklo_epi32(a, b), ab1 = _mm512_unpackhi_epi32(a, b);
+  const __m512i cd0 = _mm512_unpacklo_epi32(c, d), cd1 = _mm512_unpackhi_epi32(c, d);
+  r[0] = _mm512_unpacklo_epi64(ab0, cd0);
+  r[1] = _mm512_unpackhi_epi64(ab0, cd0);
+  r[2] = _mm512_unpacklo_epi64(ab1, cd1);
+  r[3] = _mm512_unpackhi_epi64(ab1, cd1);
+}
+
+template <int L>
+inline __m128i lane(const __m512i (&r)[4], int m) {
+  return _mm512_extracti32x4_epi32(r[m], L);
+}
+
+// Sixteen codes (as bytes) of one row, scaled (and shifted) as the Python dequantizers do:
+// float32 products (and sums), rounded once to bf16.
+inline void store_row(BFloat16* out, __m128i bytes, __m512 offset, float s, const float* m) {
+  __m512 v = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes)), offset);
+  v = _mm512_mul_ps(v, _mm512_set1_ps(s));
+  if (m != nullptr) v = _mm512_add_ps(v, _mm512_set1_ps(*m));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+// The four transposed vectors -> sixteen rows of sixteen values at column k0 of tile t.
+template <typename ScaleOf>
+inline void store_rows(const __m512i (&r)[4], BFloat16* out, int64_t k, int64_t k0, __m512 offset,
+                       ScaleOf&& scale_of) {
+  for (int m = 0; m < 4; ++m) {
+    const __m128i rows[4] = {lane<0>(r, m), lane<1>(r, m), lane<2>(r, m), lane<3>(r, m)};
+    for (int L = 0; L < 4; ++L) {
+      const int i = 4 * L + m;
+      float s, mn;
+      const bool has_min = scale_of(i, s, mn);
+      store_row(out + i * k + k0, rows[L], offset, s, has_min ? &mn : nullptr);
+    }
+  }
+}
+#endif
+
+// int8 tiles -> bf16 [N, K]: w = q * scale.
+Tensor int8_tiles_dequantize(const Tensor& codes, int64_t group, const Tensor& scales) {
+  TORCH_CHECK(codes.dim() == 3 && codes.size(2) == 64 && codes.is_contiguous() && scales.dim() == 3 &&
+                  scales.scalar_type() == at::kHalf && scales.is_contiguous() && scales.size(0) == codes.size(0) &&
+                  group % 16 == 0 && scales.size(1) * group == codes.size(1) * 4,
+              "int8_tiles_dequantize: codes [N/16, K/4, 64] and fp16 scales [N/16, K/group, 16] expected");
+  const int64_t tiles = codes.size(0), k = codes.size(1) * 4, groups = scales.size(1);
+  Tensor out = at::empty({tiles * 16, k}, codes.options().dtype(at::kBFloat16));
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+  const uint8_t* cp = static_cast<const uint8_t*>(codes.const_data_ptr());
+  const c10::Half* sp = scales.const_data_ptr<c10::Half>();
+  BFloat16* op = out.mutable_data_ptr<BFloat16>();
+  const __m512 offset = _mm512_set1_ps(128.f);
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const uint8_t* tile = cp + t * k / 4 * 64;
+      for (int64_t k0 = 0; k0 < k; k0 += 16) {  // four chunks of four k values
+        const uint8_t* p = tile + k0 / 4 * 64;
+        __m512i r[4];
+        transpose_dwords(_mm512_loadu_si512(p), _mm512_loadu_si512(p + 64), _mm512_loadu_si512(p + 128),
+                         _mm512_loadu_si512(p + 192), r);
+        const c10::Half* s = sp + (t * groups + k0 / group) * 16;
+        store_rows(r, op + t * 16 * k, k, k0, offset, [&](int i, float& scale, float&) {
+          scale = static_cast<float>(s[i]);
+          return false;
+        });
+      }
+    }
+  });
+#else
+  TORCH_CHECK(false, "int8_tiles_dequantize: built without AVX-512 VNNI");
+#endif
+  return out;
+}
+
+// int4 tiles -> bf16 [N, K]: w = q * scale + min.
+Tensor int4_tiles_dequantize(const Tensor& codes, int64_t group, const Tensor& scale_min) {
+  TORCH_CHECK(codes.dim() == 3 && codes.size(2) == 64 && codes.is_contiguous() && scale_min.dim() == 4 &&
+                  scale_min.scalar_type() == at::kHalf && scale_min.is_contiguous() &&
+                  scale_min.size(0) == codes.size(0) && group % 16 == 0 &&
+                  scale_min.size(1) * group == codes.size(1) * 8,
+              "int4_tiles_dequantize: codes [N/16, K/8, 64] and fp16 scale_min [N/16, K/group, 2, 16] expected");
+  const int64_t tiles = codes.size(0), k = codes.size(1) * 8, groups = scale_min.size(1);
+  Tensor out = at::empty({tiles * 16, k}, codes.options().dtype(at::kBFloat16));
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+  const uint8_t* cp = static_cast<const uint8_t*>(codes.const_data_ptr());
+  const c10::Half* sp = scale_min.const_data_ptr<c10::Half>();
+  BFloat16* op = out.mutable_data_ptr<BFloat16>();
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  const __m512 zero = _mm512_setzero_ps();
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const uint8_t* tile = cp + t * k / 8 * 64;
+      for (int64_t k0 = 0; k0 < k; k0 += 16) {  // two chunks of eight k values: lo, hi nibbles each
+        const uint8_t* p = tile + k0 / 8 * 64;
+        const __m512i c0 = _mm512_loadu_si512(p), c1 = _mm512_loadu_si512(p + 64);
+        __m512i r[4];
+        transpose_dwords(_mm512_and_si512(c0, low4), _mm512_and_si512(_mm512_srli_epi16(c0, 4), low4),
+                         _mm512_and_si512(c1, low4), _mm512_and_si512(_mm512_srli_epi16(c1, 4), low4), r);
+        const c10::Half* sm = sp + (t * groups + k0 / group) * 32;
+        store_rows(r, op + t * 16 * k, k, k0, zero, [&](int i, float& scale, float& minimum) {
+          scale = static_cast<float>(sm[i]);
+          minimum = static_cast<float>(sm[16 + i]);
+          return true;
+        });
+      }
+    }
+  });
+#else
+  TORCH_CHECK(false, "int4_tiles_dequantize: built without AVX-512 VNNI");
+#endif
+  return out;
+}
+
 // Whether int4_mm and int8_tiles_mm were compiled for this CPU (they need AVX-512 VNNI and BW).
 bool int4_mm_built() {
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
@@ -169,6 +291,8 @@ TORCH_LIBRARY_FRAGMENT(inferd_cpu, m) {
   m.def("fp8_rows_mm(Tensor x, Tensor weight, Tensor scale) -> Tensor");
   m.def("int4_mm(Tensor x, Tensor codes, int group_size, Tensor scale_zeros) -> Tensor");
   m.def("int8_tiles_mm(Tensor x, Tensor codes, int group_size, Tensor scales) -> Tensor");
+  m.def("int8_tiles_dequantize(Tensor codes, int group_size, Tensor scales) -> Tensor");
+  m.def("int4_tiles_dequantize(Tensor codes, int group_size, Tensor scale_min) -> Tensor");
   m.def("int4_mm_built() -> bool", int4_mm_built);
 }
 
@@ -177,4 +301,6 @@ TORCH_LIBRARY_IMPL(inferd_cpu, CPU, m) {
   m.impl("fp8_rows_mm", fp8_rows_mm);
   m.impl("int4_mm", int4_mm);
   m.impl("int8_tiles_mm", int8_tiles_mm);
+  m.impl("int8_tiles_dequantize", int8_tiles_dequantize);
+  m.impl("int4_tiles_dequantize", int4_tiles_dequantize);
 }
