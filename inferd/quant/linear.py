@@ -28,11 +28,13 @@ from inferd.quant.formats import (
 # From this many tokens on, a CPU call dequantizes the whole weight to bf16 and runs one GEMM:
 # the int8/int4 CPU kernels are GEMV-shaped (they redo the dequantization every 4 rows), so
 # prefill-sized batches lose to bf16 GEMM. Measured with benchmarks/bench_quant_matmul.py
-# (--crossover). inferd's tile layouts dequantize in one native pass (~0.1 ms for 576x3072), so
-# they cross over early; torch's int4 layout and int8 rows dequantize in torch ops. For int8
+# (--crossover). inferd's tile layouts dequantize in one native pass (~0.1 ms for 576x3072):
+# alone, that crosses over at ~32 rows, but in a model step every layer's bf16 copy then streams
+# through memory too, and 32-row decode ran 10-20% faster on the kernel (bench_quant, batch 32),
+# so tiles switch at 64. torch's int4 layout and int8 rows dequantize in torch ops. For int8
 # only while the bf16 copy stays cache-sized: on a 576x49152 head the widening pass itself is
 # DRAM-bound and costs more than the kernel at 32 tokens.
-CPU_TILES_DEQUANT_FROM = 32
+CPU_TILES_DEQUANT_FROM = 64
 CPU_INT8_DEQUANT_FROM = 24
 CPU_INT8_DEQUANT_MAX_WEIGHTS = 1 << 22
 CPU_INT4_DEQUANT_FROM = 384
