@@ -107,13 +107,40 @@ def test_native_tile_dequantize_is_bitwise_the_float32_formula_rounded_once(n, k
                        .to(torch.bfloat16))
 
 
-def test_int8_tiles_nonfinite_activations_propagate():
+@pytest.mark.parametrize("n,k,group", [(960, 576, 32), (576, 1536, 128), (80, 128, 16), (48, 256, 64)])
+def test_tile_kernels_give_every_row_the_same_bits_at_any_batch(n, k, group):
+    """Batches of rows run on AMX where the CPU has it (from 8 rows for int8, 16 for int4), one
+    row on VNNI: the integer group sums are exact either way and the epilogue is shared, so
+    each row's result must be bitwise the same whichever kernel ran it."""
+    _vnni(n, k)
+    int8 = Int8Linear(quantize_int8(_linear(n, k).weight, group_size=group))
+    int4 = Int4Linear.from_linear(_linear(n, k), group_size=max(group, 32), symmetric=False)
+    calls = [lambda a: kernels.int8_tiles_mm(a, int8.tiles),
+             lambda a: kernels.int4_mm(a, int4.qweight, int4.group_size, int4.scale_zeros)]
+    for rows in (8, 16, 21, 40):
+        x = _x(rows, k, seed=rows)
+        for call in calls:
+            together = call(x)
+            for i in range(rows):
+                assert torch.equal(call(x[i:i + 1]), together[i:i + 1]), (rows, i)
+
+
+def test_amx_runs_where_the_cpu_has_it():
+    flags = open("/proc/cpuinfo").read()
+    if not kernels.tiles_apply(16, 16) or " amx_int8" not in flags:
+        pytest.skip("this CPU has no AMX-INT8: the tile kernels run on VNNI alone")
+    assert cpu_ops.ops().tiles_use_amx()
+
+
+@pytest.mark.parametrize("rows", [2, 16])  # VNNI, then AMX where the CPU has it
+def test_int8_tiles_nonfinite_activations_propagate(rows):
     _vnni(64, 64)
-    layer = Int8Linear.from_linear(_linear(64, 64))
-    x = _x(2, 64)
+    int8 = Int8Linear.from_linear(_linear(64, 64))
+    int4 = Int4Linear.from_linear(_linear(64, 64), group_size=32, symmetric=True)
+    x = _x(rows, 64)
     x[0, 3] = float("nan")
-    y = kernels.int8_tiles_mm(x, layer.tiles)
-    assert not torch.isfinite(y[0]).any() and torch.isfinite(y[1]).all()
+    for y in (kernels.int8_tiles_mm(x, int8.tiles), kernels.int4_mm(x, int4.qweight, 32, int4.scale_zeros)):
+        assert not torch.isfinite(y[0]).any() and torch.isfinite(y[1:]).all()
 
 
 def test_fp8_decode_is_exact_for_every_code_including_subnormals():

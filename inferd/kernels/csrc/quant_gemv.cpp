@@ -284,6 +284,15 @@ bool int4_mm_built() {
 #endif
 }
 
+// Whether the tile kernels run batches of rows on AMX here (built for it, and the OS allows it).
+bool tiles_use_amx() {
+#if defined(INFERD_AMX)
+  return amx_usable();
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(inferd_cpu, m) {
@@ -294,6 +303,7 @@ TORCH_LIBRARY_FRAGMENT(inferd_cpu, m) {
   m.def("int8_tiles_dequantize(Tensor codes, int group_size, Tensor scales) -> Tensor");
   m.def("int4_tiles_dequantize(Tensor codes, int group_size, Tensor scale_min) -> Tensor");
   m.def("int4_mm_built() -> bool", int4_mm_built);
+  m.def("tiles_use_amx() -> bool", tiles_use_amx);
 }
 
 TORCH_LIBRARY_IMPL(inferd_cpu, CPU, m) {

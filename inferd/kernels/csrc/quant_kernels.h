@@ -16,6 +16,10 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+#if defined(__AMX_TILE__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "avx512_util.h"
 
@@ -284,10 +288,141 @@ inline TileFn tile_fn(int64_t rows, int64_t tiles) {
   return rows == 3 ? int4_tiles<3, 1> : int4_tiles<4, 1>;
 }
 constexpr int64_t max_tiles(int64_t rows) { return rows == 1 ? 4 : rows == 2 ? 2 : 1; }
+
+// ---------------------------------------------------------------- AMX for batches of rows
+//
+// From AMX_MIN_ROWS_* rows on, both tile layouts run on AMX where the CPU has it: the
+// activation digits h and l are A tiles (16 rows x k bytes, read in place), a weight tile's
+// codes are the B tile (int8 tiles already are AMX's 4-byte-interleaved layout; int4 chunks
+// unpack into one, low nibbles then high), and tdpbsud forms the same exact int32 group sums
+// that vpdpbusd does 64 products at a time. The per-group epilogue is the VNNI kernels' own,
+// in their order, so results are bitwise theirs (tested) at a fraction of the instructions.
+
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__)
+#define INFERD_AMX 1
+// Rows from which AMX beats the VNNI kernels (576x3072, 2 threads): int4 pays for unpacking
+// its nibbles into a B tile, and is level at 8 rows; int8 reads its codes in place.
+constexpr int64_t AMX_MIN_ROWS_INT8 = 8, AMX_MIN_ROWS_INT4 = 16;
+
+// Linux hands AMX state out per process on request; oneDNN asks too, and asking twice is fine.
+inline bool amx_usable() {
+  static const bool ok = [] {
+    constexpr long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+  }();
+  return ok;
+}
+
+// GCC's tile load/store intrinsics are asm statements that name only the address: without a
+// memory fence the compiler may drop stores a tile load reads, or read a tile store's output
+// before it happens.
+inline void tile_memory_fence() { asm volatile("" ::: "memory"); }
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// tmm0, tmm1: the h and l sums (m x 16 int32); tmm2, tmm3: h and l (m x kb int8); tmm4: codes.
+inline void amx_configure(int m, int kb) {
+  TileConfig cfg;
+  cfg.rows[0] = cfg.rows[1] = cfg.rows[2] = cfg.rows[3] = static_cast<uint8_t>(m);
+  cfg.colsb[0] = cfg.colsb[1] = 64;
+  cfg.colsb[2] = cfg.colsb[3] = static_cast<uint16_t>(kb);
+  cfg.rows[4] = static_cast<uint8_t>(kb / 4);
+  cfg.colsb[4] = 64;
+  tile_memory_fence();
+  _tile_loadconfig(&cfg);
+}
+
+// Output tiles [begin, end) of x @ W.T for rows [m0, m0 + m) (m <= 16), either layout.
+template <bool INT4>
+inline void amx_tiles(const QuantizedRows& q, int64_t m0, int m, const uint8_t* codes, const c10::Half* sc,
+                      int64_t k, int64_t group, int64_t begin, int64_t end, BFloat16* y, int64_t n) {
+  const int64_t groups = k / group, kb = std::min<int64_t>(group, 64);
+  alignas(64) int32_t sum_h[16][16], sum_l[16][16];
+  alignas(64) uint8_t unpacked[16 * 64];  // int4: one B tile's codes as bytes
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  for (int64_t t = begin; t < end; ++t) {
+    __m512 acc[16];
+    for (int r = 0; r < m; ++r) acc[r] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      _tile_zero(0);
+      _tile_zero(1);
+      for (int64_t k0 = g * group; k0 < (g + 1) * group; k0 += kb) {
+        _tile_loadd(2, q.hi.data() + m0 * k + k0, k);
+        _tile_loadd(3, q.lo.data() + m0 * k + k0, k);
+        if constexpr (INT4) {  // chunk c (8 k values) -> B rows 2c (low nibbles), 2c + 1 (high)
+          const uint8_t* p = codes + (t * (k / 8) + k0 / 8) * 64;
+          for (int64_t c = 0; c < kb / 8; ++c) {
+            const __m512i v = _mm512_loadu_si512(p + c * 64);
+            _mm512_store_si512(unpacked + 128 * c, _mm512_and_si512(v, low4));
+            _mm512_store_si512(unpacked + 128 * c + 64, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
+          }
+          tile_memory_fence();
+          _tile_loadd(4, unpacked, 64);
+        } else {
+          _tile_loadd(4, codes + (t * (k / 4) + k0 / 4) * 64, 64);
+        }
+        _tile_dpbsud(0, 2, 4);
+        _tile_dpbsud(1, 3, 4);
+      }
+      _tile_stored(0, sum_h, 64);
+      _tile_stored(1, sum_l, 64);
+      tile_memory_fence();
+      if constexpr (INT4) {  // int4_tiles' epilogue
+        const c10::Half* sm = sc + (t * groups + g) * 32;
+        const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sm)));
+        const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sm + 16)));
+        for (int r = 0; r < m; ++r) {
+          const int64_t at = (m0 + r) * groups + g;
+          const __m512 dot = _mm512_cvtepi32_ps(
+              _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(sum_h[r]), 8), _mm512_load_si512(sum_l[r])));
+          acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_set1_ps(q.scale[at])), dot, acc[r]);
+          acc[r] = _mm512_fmadd_ps(mn, _mm512_set1_ps(q.sum[at]), acc[r]);
+        }
+      } else {  // int8_tiles' epilogue
+        const __m512 s =
+            _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + (t * groups + g) * 16)));
+        for (int r = 0; r < m; ++r) {
+          const int64_t at = (m0 + r) * groups + g;
+          const __m512i dot = _mm512_sub_epi32(
+              _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(sum_h[r]), 8), _mm512_load_si512(sum_l[r])),
+              _mm512_set1_epi32(128 * q.isum[at]));
+          acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_set1_ps(q.scale[at])), _mm512_cvtepi32_ps(dot), acc[r]);
+        }
+      }
+    }
+    for (int r = 0; r < m; ++r) {
+      alignas(64) float buf[16];
+      _mm512_store_ps(buf, acc[r]);
+      BFloat16* out = y + (m0 + r) * n + t * 16;
+      for (int i = 0; i < 16; ++i) out[i] = static_cast<BFloat16>(buf[i]);
+    }
+  }
+}
+
+// All rows of q against output tiles [begin, end) on AMX, sixteen rows at a time.
+template <bool INT4>
+inline void amx_tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* codes, const c10::Half* sc,
+                           int64_t k, int64_t group, int64_t begin, int64_t end, BFloat16* y, int64_t n) {
+  for (int64_t m0 = 0; m0 < rows; m0 += 16) {
+    const int m = static_cast<int>(std::min<int64_t>(16, rows - m0));
+    amx_configure(m, static_cast<int>(std::min<int64_t>(group, 64)));
+    amx_tiles<INT4>(q, m0, m, codes, sc, k, group, begin, end, y, n);
+  }
+  _tile_release();
+}
+#endif
+
 // Output tiles [begin, end) of x @ W.T for all `rows` rows of q, UNIT_TILES tiles at a time;
 // each tile's result is the same whichever range (thread) computes it.
 inline void int4_tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* codes, const c10::Half* sz,
                             int64_t k, int64_t group, int64_t begin, int64_t end, BFloat16* y, int64_t n) {
+#if defined(INFERD_AMX)
+  if (rows >= AMX_MIN_ROWS_INT4 && amx_usable()) return amx_tile_range<true>(q, rows, codes, sz, k, group, begin, end, y, n);
+#endif
   for (int64_t first = begin; first < end; first += UNIT_TILES) {
     const int64_t last = std::min(end, first + UNIT_TILES);
     // Rows in passes over the unit's tiles: after the first pass its weights are in cache.
@@ -376,6 +511,9 @@ inline TileFn int8_tile_fn(int64_t rows, int64_t tiles) {
 // int4_tile_range for int8 tiles: output tiles [begin, end), all rows of q.
 inline void int8_tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* codes, const c10::Half* sc,
                             int64_t k, int64_t group, int64_t begin, int64_t end, BFloat16* y, int64_t n) {
+#if defined(INFERD_AMX)
+  if (rows >= AMX_MIN_ROWS_INT8 && amx_usable()) return amx_tile_range<false>(q, rows, codes, sc, k, group, begin, end, y, n);
+#endif
   for (int64_t first = begin; first < end; first += UNIT_TILES) {
     const int64_t last = std::min(end, first + UNIT_TILES);
     for (int64_t r0 = 0; r0 < rows; r0 += 4) {
