@@ -28,13 +28,14 @@ from inferd.quant.formats import (
 # From this many tokens on, a CPU call dequantizes the whole weight to bf16 and runs one GEMM:
 # the int8/int4 CPU kernels are GEMV-shaped (they redo the dequantization every 4 rows), so
 # prefill-sized batches lose to bf16 GEMM. Measured with benchmarks/bench_quant_matmul.py
-# (--crossover). inferd's tile layouts dequantize in one native pass (~0.1 ms for 576x3072):
-# alone, that crosses over at ~32 rows, but in a model step every layer's bf16 copy then streams
-# through memory too, and 32-row decode ran 10-20% faster on the kernel (bench_quant, batch 32),
-# so tiles switch at 64. torch's int4 layout and int8 rows dequantize in torch ops. For int8
-# only while the bf16 copy stays cache-sized: on a 576x49152 head the widening pass itself is
-# DRAM-bound and costs more than the kernel at 32 tokens.
-CPU_TILES_DEQUANT_FROM = 64
+# (--crossover). The switch also ends batch invariance (a row's result then depends on whether
+# its step crossed it), so inferd's tile layouts, whose kernels run batches on AMX and
+# dequantize in one native pass, keep the kernel up to 384 rows: greedy output is then the same
+# alone or in any batch of smaller steps (tested with 256-token steps), at ~2/3 of the GEMM's
+# speed on 64-383-row prefill chunks. torch's int4 layout and int8 rows dequantize in torch ops.
+# For int8 only while the bf16 copy stays cache-sized: on a 576x49152 head the widening pass
+# itself is DRAM-bound and costs more than the kernel at 32 tokens.
+CPU_TILES_DEQUANT_FROM = 384
 CPU_INT8_DEQUANT_FROM = 24
 CPU_INT8_DEQUANT_MAX_WEIGHTS = 1 << 22
 CPU_INT4_DEQUANT_FROM = 384
@@ -118,9 +119,9 @@ class Int8Linear(_QuantLinear):
     """INT8 weights, read at 8 bits/weight on every path.
 
     CPU with AVX-512 VNNI: inferd's int8 tile kernel (`kernels.int8_tiles_mm`, fp16 scales per
-    group: GGUF Q8_0's own values exactly; per-channel scales repeated per group), dequant +
-    bf16 GEMM from CPU_INT8_DEQUANT_FROM tokens on. Other CPUs with per-channel scales: the row
-    kernel (`int8_mm_cpu`). Group-wise scales elsewhere, and all int8 on CUDA (where torch's
+    group: GGUF Q8_0's own values exactly; per-channel scales repeated per group; AMX for
+    batches), dequant + bf16 GEMM from CPU_TILES_DEQUANT_FROM tokens on. Other CPUs with
+    per-channel scales: the row kernel (`int8_mm_cpu`), dequant from CPU_INT8_DEQUANT_FROM. Group-wise scales elsewhere, and all int8 on CUDA (where torch's
     `_weight_int8pack_mm` is a naive kernel, 5-50x slower than bf16), take the "two-plane"
     path: q = 16 hi + lo splits into two int4 planes run as one tinygemm call over [x, x], hi
     with scale 16 d and lo with scale d, zero 8 d. Exact up to bf16 rounding of d.

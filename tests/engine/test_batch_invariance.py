@@ -5,8 +5,9 @@ sampled companions, prefill chunks mixed with decodes) must produce identical to
 and bf16. This holds because (a) CPU GEMMs are padded to >= 4 rows: with 1 row (bf16) or 1-3 rows (fp32)
 oneDNN/MKL pick a gemv-style kernel that rounds differently, while from 4 rows on each row's
 result does not depend on the row count or position; and (b) attention is computed per
-sequence over its own context, with masked padding contributing exact zeros. int4 weights run
-inferd's own kernel below 384 rows, whose rows are independent by construction: no padding.
+sequence over its own context, with masked padding contributing exact zeros. int4 and int8
+weights run inferd's own tile kernels below 384 rows (VNNI for a few rows, AMX for more, bitwise
+alike), whose rows are independent by construction: no padding.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def mixed_batch(llm: LLM) -> tuple[list[list[int]], list[SamplingParams]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype,quantization", [("float32", "none"), ("bfloat16", "none"),
-                                                ("bfloat16", "int4")])
+                                                ("bfloat16", "int4"), ("bfloat16", "int8")])
 def test_greedy_tokens_alone_equal_tokens_in_a_batch_of_32(dtype, quantization):
     llm = LLM("smollm2-135m", dtype=dtype, kv_cache_memory=0.5, max_num_batched_tokens=256,
               quantization=quantization)

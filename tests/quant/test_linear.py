@@ -19,8 +19,8 @@ from inferd.quant import (
 from inferd.quant import linear as qlinear
 from tests.quant.reference import BF16_U, magnitude, reference_and_bound
 
-# 1/3/7/33 tokens hit the kernels; 64 (int8, and int4 in the tile layout) and 400 (int4 in
-# torch's layout) hit the dequant+GEMM paths.
+# 1/3/7/33 tokens hit the kernels (AMX from 8/16 rows where the CPU has it); 64 (int8 in rows,
+# where VNNI is missing) and 400 hit the dequant+GEMM paths.
 TOKENS = [1, 3, 7, 33, 64, 400]
 # (in_features, out_features): N = 80 and 48 leave partial 64-row blocks in the CPU int4 layout.
 SHAPES = [(128, 80), (192, 48), (256, 128)]

@@ -164,11 +164,14 @@ struct QuantizedRows {
   std::vector<int32_t> isum;
 };
 
-// Fills q for rows x [rows, K] (q's buffers are reused across calls: no allocation once grown).
+// Fills q for rows x [rows, K] (q's buffers are reused across calls: no allocation once grown;
+// the digits are zero-padded to a whole number of 16-row blocks).
 inline void quantize_rows(const BFloat16* x, int64_t rows, int64_t k, int64_t group, QuantizedRows& q) {
-  const int64_t groups = k / group;
-  q.hi.resize(rows * k);
-  q.lo.resize(rows * k);
+  const int64_t groups = k / group, padded = (rows + 15) / 16 * 16;  // AMX reads whole 16-row blocks
+  q.hi.resize(padded * k);
+  q.lo.resize(padded * k);
+  std::fill(q.hi.begin() + rows * k, q.hi.end(), int8_t{0});
+  std::fill(q.lo.begin() + rows * k, q.lo.end(), int8_t{0});
   q.scale.resize(rows * groups);
   q.sum.resize(rows * groups);
   q.isum.resize(rows * groups);
@@ -336,81 +339,74 @@ inline void amx_configure(int m, int kb) {
   _tile_loadconfig(&cfg);
 }
 
-// Output tiles [begin, end) of x @ W.T for rows [m0, m0 + m) (m <= 16), either layout.
-template <bool INT4>
-inline void amx_tiles(const QuantizedRows& q, int64_t m0, int m, const uint8_t* codes, const c10::Half* sc,
-                      int64_t k, int64_t group, int64_t begin, int64_t end, BFloat16* y, int64_t n) {
-  const int64_t groups = k / group, kb = std::min<int64_t>(group, 64);
-  alignas(64) int32_t sum_h[16][16], sum_l[16][16];
-  alignas(64) uint8_t unpacked[16 * 64];  // int4: one B tile's codes as bytes
-  const __m512i low4 = _mm512_set1_epi8(0x0f);
-  for (int64_t t = begin; t < end; ++t) {
-    __m512 acc[16];
-    for (int r = 0; r < m; ++r) acc[r] = _mm512_setzero_ps();
-    for (int64_t g = 0; g < groups; ++g) {
-      _tile_zero(0);
-      _tile_zero(1);
-      for (int64_t k0 = g * group; k0 < (g + 1) * group; k0 += kb) {
-        _tile_loadd(2, q.hi.data() + m0 * k + k0, k);
-        _tile_loadd(3, q.lo.data() + m0 * k + k0, k);
-        if constexpr (INT4) {  // chunk c (8 k values) -> B rows 2c (low nibbles), 2c + 1 (high)
-          const uint8_t* p = codes + (t * (k / 8) + k0 / 8) * 64;
-          for (int64_t c = 0; c < kb / 8; ++c) {
-            const __m512i v = _mm512_loadu_si512(p + c * 64);
-            _mm512_store_si512(unpacked + 128 * c, _mm512_and_si512(v, low4));
-            _mm512_store_si512(unpacked + 128 * c + 64, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
-          }
-          tile_memory_fence();
-          _tile_loadd(4, unpacked, 64);
-        } else {
-          _tile_loadd(4, codes + (t * (k / 4) + k0 / 4) * 64, 64);
-        }
-        _tile_dpbsud(0, 2, 4);
-        _tile_dpbsud(1, 3, 4);
-      }
-      _tile_stored(0, sum_h, 64);
-      _tile_stored(1, sum_l, 64);
-      tile_memory_fence();
-      if constexpr (INT4) {  // int4_tiles' epilogue
-        const c10::Half* sm = sc + (t * groups + g) * 32;
-        const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sm)));
-        const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sm + 16)));
-        for (int r = 0; r < m; ++r) {
-          const int64_t at = (m0 + r) * groups + g;
-          const __m512 dot = _mm512_cvtepi32_ps(
-              _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(sum_h[r]), 8), _mm512_load_si512(sum_l[r])));
-          acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_set1_ps(q.scale[at])), dot, acc[r]);
-          acc[r] = _mm512_fmadd_ps(mn, _mm512_set1_ps(q.sum[at]), acc[r]);
-        }
-      } else {  // int8_tiles' epilogue
-        const __m512 s =
-            _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + (t * groups + g) * 16)));
-        for (int r = 0; r < m; ++r) {
-          const int64_t at = (m0 + r) * groups + g;
-          const __m512i dot = _mm512_sub_epi32(
-              _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(sum_h[r]), 8), _mm512_load_si512(sum_l[r])),
-              _mm512_set1_epi32(128 * q.isum[at]));
-          acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_set1_ps(q.scale[at])), _mm512_cvtepi32_ps(dot), acc[r]);
-        }
-      }
-    }
-    for (int r = 0; r < m; ++r) {
-      alignas(64) float buf[16];
-      _mm512_store_ps(buf, acc[r]);
-      BFloat16* out = y + (m0 + r) * n + t * 16;
-      for (int i = 0; i < 16; ++i) out[i] = static_cast<BFloat16>(buf[i]);
-    }
-  }
-}
-
-// All rows of q against output tiles [begin, end) on AMX, sixteen rows at a time.
+// All rows of q against output tiles [begin, end), either layout. Per tile and group the B tile
+// is built once and serves every 16-row block of x (q's digit rows are padded with zeros to a
+// whole block, so one tile shape serves all); accumulators live in `acc` [blocks * 16][16].
 template <bool INT4>
 inline void amx_tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* codes, const c10::Half* sc,
                            int64_t k, int64_t group, int64_t begin, int64_t end, BFloat16* y, int64_t n) {
-  for (int64_t m0 = 0; m0 < rows; m0 += 16) {
-    const int m = static_cast<int>(std::min<int64_t>(16, rows - m0));
-    amx_configure(m, static_cast<int>(std::min<int64_t>(group, 64)));
-    amx_tiles<INT4>(q, m0, m, codes, sc, k, group, begin, end, y, n);
+  const int64_t groups = k / group, kb = std::min<int64_t>(group, 64), steps = group / kb;
+  const int64_t blocks = (rows + 15) / 16;
+  alignas(64) int32_t sum_h[16][16], sum_l[16][16];
+  alignas(64) uint8_t unpacked[2][16 * 64];  // int4: the group's B tiles as bytes (group <= 128)
+  static thread_local std::vector<float> acc_buf;
+  acc_buf.resize(blocks * 16 * 16);
+  float* acc = acc_buf.data();
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  amx_configure(16, static_cast<int>(kb));
+  for (int64_t t = begin; t < end; ++t) {
+    std::fill(acc, acc + rows * 16, 0.f);
+    for (int64_t g = 0; g < groups; ++g) {
+      const uint8_t* b[2];
+      for (int64_t s = 0; s < steps; ++s) {
+        const int64_t k0 = g * group + s * kb;
+        if constexpr (INT4) {  // chunk c (8 k values) -> B rows 2c (low nibbles), 2c + 1 (high)
+          const uint8_t* p = codes + (t * (k / 8) + k0 / 8) * 64;
+          for (int64_t ch = 0; ch < kb / 8; ++ch) {
+            const __m512i v = _mm512_loadu_si512(p + ch * 64);
+            _mm512_store_si512(unpacked[s] + 128 * ch, _mm512_and_si512(v, low4));
+            _mm512_store_si512(unpacked[s] + 128 * ch + 64, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
+          }
+          b[s] = unpacked[s];
+        } else {
+          b[s] = codes + (t * (k / 4) + k0 / 4) * 64;
+        }
+      }
+      tile_memory_fence();
+      const c10::Half* sg = INT4 ? sc + (t * groups + g) * 32 : sc + (t * groups + g) * 16;
+      const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sg)));
+      const __m512 mn = INT4 ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sg + 16)))
+                             : _mm512_setzero_ps();
+      for (int64_t mb = 0; mb < blocks; ++mb) {
+        _tile_zero(0);
+        _tile_zero(1);
+        for (int64_t st = 0; st < steps; ++st) {
+          const int64_t k0 = g * group + st * kb;
+          _tile_loadd(2, q.hi.data() + mb * 16 * k + k0, k);
+          _tile_loadd(3, q.lo.data() + mb * 16 * k + k0, k);
+          _tile_loadd(4, b[st], 64);
+          _tile_dpbsud(0, 2, 4);
+          _tile_dpbsud(1, 3, 4);
+        }
+        _tile_stored(0, sum_h, 64);
+        _tile_stored(1, sum_l, 64);
+        tile_memory_fence();
+        const int m = static_cast<int>(std::min<int64_t>(16, rows - mb * 16));
+        for (int r = 0; r < m; ++r) {  // the VNNI kernels' epilogues, in their order
+          const int64_t row = mb * 16 + r, at = row * groups + g;
+          __m512i dot = _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(sum_h[r]), 8), _mm512_load_si512(sum_l[r]));
+          if constexpr (!INT4) dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(128 * q.isum[at]));
+          __m512 a = _mm512_loadu_ps(acc + row * 16);
+          a = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_set1_ps(q.scale[at])), _mm512_cvtepi32_ps(dot), a);
+          if constexpr (INT4) a = _mm512_fmadd_ps(mn, _mm512_set1_ps(q.sum[at]), a);
+          _mm512_storeu_ps(acc + row * 16, a);
+        }
+      }
+    }
+    for (int64_t row = 0; row < rows; ++row) {
+      BFloat16* out = y + row * n + t * 16;
+      for (int i = 0; i < 16; ++i) out[i] = static_cast<BFloat16>(acc[row * 16 + i]);
+    }
   }
   _tile_release();
 }
