@@ -93,6 +93,29 @@ Tensor fp8_rows_mm(const Tensor& x, const Tensor& w, const Tensor& scale) {
 }
 
 
+// x @ W.T for a weight in either tile layout (checked by the caller), as bf16 [M, tiles * 16].
+// Each thread takes one contiguous run of tiles (an even split: whole 4-tile units left one
+// thread with a quarter more work on 576-row weights).
+template <bool INT4>
+Tensor tiles_mm(const Tensor& x, const Tensor& codes, int64_t group, const Tensor& scales, int64_t tiles, int64_t k,
+                const char* op) {
+  const int64_t rows = x.size(0), n = tiles * 16;
+  Tensor y = at::empty({rows, n}, x.options());
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+  QuantizedRows q;
+  quantize_rows(x.const_data_ptr<BFloat16>(), rows, k, group, q);
+  const uint8_t* cp = static_cast<const uint8_t*>(codes.const_data_ptr());
+  const c10::Half* sp = scales.const_data_ptr<c10::Half>();
+  BFloat16* yp = y.mutable_data_ptr<BFloat16>();
+  at::parallel_for(0, tiles, UNIT_TILES, [&](int64_t begin, int64_t end) {
+    tile_range<INT4>(q, rows, cp, sp, k, group, begin, end, yp, n);
+  });
+  return y;
+#else
+  TORCH_CHECK(false, op, ": built without AVX-512 VNNI");
+#endif
+}
+
 // x [M, K] bf16; codes [N/16, K/8, 64] and scale_min [N/16, K/group, 2, 16] fp16 in the tile
 // layout above. Returns x @ W.T as bf16 [M, N]. Each row of x is computed on its own, in the same
 // order whatever M is.
@@ -105,23 +128,7 @@ Tensor int4_mm(const Tensor& x, const Tensor& codes, int64_t group, const Tensor
   TORCH_CHECK(group % 16 == 0 && codes.dim() == 3 && codes.size(0) == tiles && codes.size(1) == k / 8 &&
                   codes.size(2) == 64 && codes.is_contiguous() && codes.element_size() == 1,
               "int4_mm: codes must be the [N/16, K/8, 64] tile layout of the same weight, group % 16 == 0");
-  const int64_t rows = x.size(0);
-  Tensor y = at::empty({rows, n}, x.options());
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-  QuantizedRows q;
-  quantize_rows(x.const_data_ptr<BFloat16>(), rows, k, group, q);
-  const uint8_t* cp = static_cast<const uint8_t*>(codes.const_data_ptr());
-  const c10::Half* szp = scale_zeros.const_data_ptr<c10::Half>();
-  BFloat16* yp = y.mutable_data_ptr<BFloat16>();
-  // Each thread takes one contiguous run of tiles (an even split: whole 4-tile units left one
-  // thread with a quarter more work on 576-row weights).
-  at::parallel_for(0, tiles, UNIT_TILES, [&](int64_t begin, int64_t end) {
-    int4_tile_range(q, rows, cp, szp, k, group, begin, end, yp, n);
-  });
-  return y;
-#else
-  TORCH_CHECK(false, "int4_mm: built without AVX-512 VNNI");
-#endif
+  return tiles_mm<true>(x, codes, group, scale_zeros, tiles, k, "int4_mm");
 }
 
 // x [M, K] bf16; codes [N/16, K/4, 64] (q + 128) and scales [N/16, K/group, 16] fp16 in the
@@ -136,21 +143,7 @@ Tensor int8_tiles_mm(const Tensor& x, const Tensor& codes, int64_t group, const 
   TORCH_CHECK(codes.dim() == 3 && codes.size(0) == tiles && codes.size(1) == k / 4 && codes.size(2) == 64 &&
                   codes.is_contiguous() && codes.element_size() == 1,
               "int8_tiles_mm: codes must be the [N/16, K/4, 64] tile layout of the same weight");
-  const int64_t rows = x.size(0);
-  Tensor y = at::empty({rows, n}, x.options());
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-  QuantizedRows q;
-  quantize_rows(x.const_data_ptr<BFloat16>(), rows, k, group, q);
-  const uint8_t* cp = static_cast<const uint8_t*>(codes.const_data_ptr());
-  const c10::Half* sp = scales.const_data_ptr<c10::Half>();
-  BFloat16* yp = y.mutable_data_ptr<BFloat16>();
-  at::parallel_for(0, tiles, UNIT_TILES, [&](int64_t begin, int64_t end) {
-    int8_tile_range(q, rows, cp, sp, k, group, begin, end, yp, n);
-  });
-  return y;
-#else
-  TORCH_CHECK(false, "int8_tiles_mm: built without AVX-512 VNNI");
-#endif
+  return tiles_mm<false>(x, codes, group, scales, tiles, k, "int8_tiles_mm");
 }
 
 // ---------------------------------------------------------------- tiles back to bf16 rows

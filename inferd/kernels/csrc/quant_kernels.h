@@ -214,11 +214,52 @@ inline __m512i broadcast4(const int8_t* p) {
   return _mm512_set1_epi32(v);
 }
 
-// R rows of x (from row r0) against T consecutive tiles (16 output rows each) from tile t0.
+// acc[r][t] (16 output rows of tile t0 + t for row r0 + r of x) -> bf16 y.
 template <int R, int T>
-inline void int4_tiles(const QuantizedRows& q, int64_t r0, const uint8_t* codes, const c10::Half* sz, int64_t k,
-                int64_t group, int64_t t0, BFloat16* y, int64_t n) {
-  const int64_t groups = k / group, chunks = k / 8, per_group = group / 8;
+inline void store_tiles(const __m512 (&acc)[R][T], int64_t r0, int64_t t0, BFloat16* y, int64_t n) {
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) {
+      alignas(64) float buf[16];
+      _mm512_store_ps(buf, acc[r][t]);
+      BFloat16* out = y + (r0 + r) * n + (t0 + t) * 16;
+      for (int i = 0; i < 16; ++i) out[i] = static_cast<BFloat16>(buf[i]);
+    }
+}
+
+// One group's exact integer sums (of h and of l, 16 output rows) into the float accumulator,
+// for the int4 (w = q s + m) or int8 (q + 128 stored) layout: the one epilogue the VNNI and AMX
+// kernels share, so their results are bitwise alike. s (and m): the tile's 16 scales (mins).
+template <bool INT4>
+inline __m512 group_epilogue(__m512 acc, __m512i sum_h, __m512i sum_l, __m512 s, __m512 m, const QuantizedRows& q,
+                             int64_t at) {
+  // 256 h-sum + l-sum stays exact in int32 for any group up to 128 (int8) or 256 (int4).
+  __m512i dot = _mm512_add_epi32(_mm512_slli_epi32(sum_h, 8), sum_l);
+  if constexpr (!INT4) dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(128 * q.isum[at]));
+  acc = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_set1_ps(q.scale[at])), _mm512_cvtepi32_ps(dot), acc);
+  if constexpr (INT4) acc = _mm512_fmadd_ps(m, _mm512_set1_ps(q.sum[at]), acc);
+  return acc;
+}
+
+// A tile's fp16 scales (and, int4, mins) for one group: 32 halves a group for int4, 16 for int8.
+template <bool INT4>
+constexpr int64_t scale_halves() { return INT4 ? 32 : 16; }
+
+// The int8 tile layout:
+// codes [N/16, K/4, 64] uint8, tile t holding rows 16t..16t+15: in each 4-wide k chunk byte
+// 4i+j is q + 128 for row i and k0+j (q int8, so the byte is unsigned, as vpdpbusd's first
+// operand must be). scales [N/16, K/group, 16] fp16: w = q s (GGUF Q8_0's fp16 d exactly).
+// With x held as for int4 (X = 256 h + l per group), per group
+//   sum_k q X = 256 sum (q + 128) h + sum (q + 128) l - 128 sum X,
+// all exact in int32 for groups up to 128. Two instructions per 64 weights, against seven for
+// int4's nibbles: this kernel streams at memory speed with cycles to spare.
+
+// R rows of x (from row r0) against T consecutive tiles (16 output rows each) from tile t0, on
+// VNNI, in the int4 (INT4) or int8 tile layout.
+template <bool INT4, int R, int T>
+inline void vnni_tiles(const QuantizedRows& q, int64_t r0, const uint8_t* codes, const c10::Half* sc, int64_t k,
+                       int64_t group, int64_t t0, BFloat16* y, int64_t n) {
+  constexpr int64_t KC = INT4 ? 8 : 4;  // k values per 64-byte chunk
+  const int64_t groups = k / group, chunks = k / KC, per_group = group / KC;
   const __m512i low4 = _mm512_set1_epi8(0x0f);
   const uint8_t* c[T];
   for (int t = 0; t < T; ++t) c[t] = codes + (t0 + t) * chunks * 64;
@@ -232,64 +273,56 @@ inline void int4_tiles(const QuantizedRows& q, int64_t r0, const uint8_t* codes,
     for (int64_t ch = g * per_group; ch < (g + 1) * per_group; ++ch) {
       __m512i a[T], b[T];
       for (int t = 0; t < T; ++t) {
-        const uint8_t* p = c[t] + ch * 64;
         const int64_t ahead = ch + PREFETCH_CHUNKS;
         _mm_prefetch(reinterpret_cast<const char*>(ahead < chunks ? c[t] + ahead * 64
                                                                   : c[t] + (T * chunks + ahead - chunks) * 64),
                      _MM_HINT_T1);
-        const __m512i v = _mm512_loadu_si512(p);
-        a[t] = _mm512_and_si512(v, low4);                          // k0 .. k0+3
-        b[t] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);    // k0+4 .. k0+7
+        const __m512i v = _mm512_loadu_si512(c[t] + ch * 64);
+        if constexpr (INT4) {
+          a[t] = _mm512_and_si512(v, low4);                        // k0 .. k0+3
+          b[t] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);  // k0+4 .. k0+7
+        } else {
+          a[t] = v;  // k0 .. k0+3, as q + 128
+        }
       }
       for (int r = 0; r < R; ++r) {
-        const int8_t* hp = q.hi.data() + (r0 + r) * k + ch * 8;
-        const int8_t* lp = q.lo.data() + (r0 + r) * k + ch * 8;
-        const __m512i h0 = broadcast4(hp), h1 = broadcast4(hp + 4), l0 = broadcast4(lp), l1 = broadcast4(lp + 4);
-        for (int t = 0; t < T; ++t) {
-          ih[r][t] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(ih[r][t], a[t], h0), b[t], h1);
-          il[r][t] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(il[r][t], a[t], l0), b[t], l1);
+        const int8_t* hp = q.hi.data() + (r0 + r) * k + ch * KC;
+        const int8_t* lp = q.lo.data() + (r0 + r) * k + ch * KC;
+        const __m512i h0 = broadcast4(hp), l0 = broadcast4(lp);
+        if constexpr (INT4) {
+          const __m512i h1 = broadcast4(hp + 4), l1 = broadcast4(lp + 4);
+          for (int t = 0; t < T; ++t) {
+            ih[r][t] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(ih[r][t], a[t], h0), b[t], h1);
+            il[r][t] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(il[r][t], a[t], l0), b[t], l1);
+          }
+        } else {
+          for (int t = 0; t < T; ++t) {
+            ih[r][t] = _mm512_dpbusd_epi32(ih[r][t], a[t], h0);
+            il[r][t] = _mm512_dpbusd_epi32(il[r][t], a[t], l0);
+          }
         }
       }
     }
     for (int t = 0; t < T; ++t) {
+      constexpr int64_t H = scale_halves<INT4>();
       const int64_t ahead = g + PREFETCH_GROUPS;
       _mm_prefetch(reinterpret_cast<const char*>(
-                       sz + (ahead < groups ? (t0 + t) * groups + ahead : (t0 + t + T) * groups + ahead - groups) * 32),
+                       sc + (ahead < groups ? (t0 + t) * groups + ahead : (t0 + t + T) * groups + ahead - groups) * H),
                    _MM_HINT_T1);
-      const c10::Half* sm = sz + ((t0 + t) * groups + g) * 32;  // 16 scales, then 16 mins
-      const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sm)));
-      const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sm + 16)));
-      for (int r = 0; r < R; ++r) {
-        const int64_t at = (r0 + r) * groups + g;
-        // 256 h-sum + l-sum stays exact in int32 for any group up to 256 (|.| < 2^27).
-        const __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(ih[r][t], 8), il[r][t]));
-        acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_set1_ps(q.scale[at])), dot, acc[r][t]);
-        acc[r][t] = _mm512_fmadd_ps(mn, _mm512_set1_ps(q.sum[at]), acc[r][t]);
-      }
+      const c10::Half* sg = sc + ((t0 + t) * groups + g) * H;  // 16 scales (then, int4, 16 mins)
+      const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sg)));
+      const __m512 m = INT4 ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sg + 16)))
+                            : _mm512_setzero_ps();
+      for (int r = 0; r < R; ++r)
+        acc[r][t] = group_epilogue<INT4>(acc[r][t], ih[r][t], il[r][t], s, m, q, (r0 + r) * groups + g);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) {
-      alignas(64) float buf[16];
-      _mm512_store_ps(buf, acc[r][t]);
-      BFloat16* out = y + (r0 + r) * n + (t0 + t) * 16;
-      for (int i = 0; i < 16; ++i) out[i] = static_cast<BFloat16>(buf[i]);
-    }
+  store_tiles(acc, r0, t0, y, n);
 }
 
 using TileFn = void (*)(const QuantizedRows&, int64_t, const uint8_t*, const c10::Half*, int64_t, int64_t, int64_t,
                         BFloat16*, int64_t);
 constexpr int64_t UNIT_TILES = 4;  // tiles (64 output rows) a thread runs at once
-
-// Register budget: one row of x runs four tiles at once (eight dot-product chains, enough to
-// hide the instruction's latency); more rows share fewer tiles.
-inline TileFn tile_fn(int64_t rows, int64_t tiles) {
-  static constexpr TileFn one[] = {int4_tiles<1, 1>, int4_tiles<1, 2>, int4_tiles<1, 3>, int4_tiles<1, 4>};
-  static constexpr TileFn two[] = {int4_tiles<2, 1>, int4_tiles<2, 2>};
-  if (rows == 1) return one[tiles - 1];
-  if (rows == 2) return two[tiles - 1];
-  return rows == 3 ? int4_tiles<3, 1> : int4_tiles<4, 1>;
-}
 constexpr int64_t max_tiles(int64_t rows) { return rows == 1 ? 4 : rows == 2 ? 2 : 1; }
 
 // ---------------------------------------------------------------- AMX for batches of rows
@@ -373,7 +406,7 @@ inline void amx_tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* 
         }
       }
       tile_memory_fence();
-      const c10::Half* sg = INT4 ? sc + (t * groups + g) * 32 : sc + (t * groups + g) * 16;
+      const c10::Half* sg = sc + (t * groups + g) * scale_halves<INT4>();
       const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sg)));
       const __m512 mn = INT4 ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sg + 16)))
                              : _mm512_setzero_ps();
@@ -392,14 +425,11 @@ inline void amx_tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* 
         _tile_stored(1, sum_l, 64);
         tile_memory_fence();
         const int m = static_cast<int>(std::min<int64_t>(16, rows - mb * 16));
-        for (int r = 0; r < m; ++r) {  // the VNNI kernels' epilogues, in their order
-          const int64_t row = mb * 16 + r, at = row * groups + g;
-          __m512i dot = _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(sum_h[r]), 8), _mm512_load_si512(sum_l[r]));
-          if constexpr (!INT4) dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(128 * q.isum[at]));
-          __m512 a = _mm512_loadu_ps(acc + row * 16);
-          a = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_set1_ps(q.scale[at])), _mm512_cvtepi32_ps(dot), a);
-          if constexpr (INT4) a = _mm512_fmadd_ps(mn, _mm512_set1_ps(q.sum[at]), a);
-          _mm512_storeu_ps(acc + row * 16, a);
+        for (int r = 0; r < m; ++r) {
+          const int64_t row = mb * 16 + r;
+          _mm512_storeu_ps(acc + row * 16,
+                           group_epilogue<INT4>(_mm512_loadu_ps(acc + row * 16), _mm512_load_si512(sum_h[r]),
+                                                _mm512_load_si512(sum_l[r]), s, mn, q, row * groups + g));
         }
       }
     }
@@ -412,12 +442,29 @@ inline void amx_tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* 
 }
 #endif
 
-// Output tiles [begin, end) of x @ W.T for all `rows` rows of q, UNIT_TILES tiles at a time;
-// each tile's result is the same whichever range (thread) computes it.
-inline void int4_tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* codes, const c10::Half* sz,
-                            int64_t k, int64_t group, int64_t begin, int64_t end, BFloat16* y, int64_t n) {
+// ---------------------------------------------------------------- ranges of tiles, either layout
+
+// Register budget: one row of x runs four tiles at once (eight dot-product chains, enough to
+// hide the instruction's latency); more rows share fewer tiles.
+template <bool INT4>
+inline TileFn vnni_tile_fn(int64_t rows, int64_t tiles) {
+  static constexpr TileFn one[] = {vnni_tiles<INT4, 1, 1>, vnni_tiles<INT4, 1, 2>, vnni_tiles<INT4, 1, 3>,
+                                   vnni_tiles<INT4, 1, 4>};
+  static constexpr TileFn two[] = {vnni_tiles<INT4, 2, 1>, vnni_tiles<INT4, 2, 2>};
+  if (rows == 1) return one[tiles - 1];
+  if (rows == 2) return two[tiles - 1];
+  return rows == 3 ? vnni_tiles<INT4, 3, 1> : vnni_tiles<INT4, 4, 1>;
+}
+
+// Output tiles [begin, end) of x @ W.T for all `rows` rows of q, in the int4 (INT4) or int8
+// tile layout: AMX for batches where the CPU has it, else VNNI UNIT_TILES tiles at a time. Each
+// tile's result is the same whichever range (thread) and kernel computes it.
+template <bool INT4>
+inline void tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* codes, const c10::Half* sc, int64_t k,
+                       int64_t group, int64_t begin, int64_t end, BFloat16* y, int64_t n) {
 #if defined(INFERD_AMX)
-  if (rows >= AMX_MIN_ROWS_INT4 && amx_usable()) return amx_tile_range<true>(q, rows, codes, sz, k, group, begin, end, y, n);
+  if (rows >= (INT4 ? AMX_MIN_ROWS_INT4 : AMX_MIN_ROWS_INT8) && amx_usable())
+    return amx_tile_range<INT4>(q, rows, codes, sc, k, group, begin, end, y, n);
 #endif
   for (int64_t first = begin; first < end; first += UNIT_TILES) {
     const int64_t last = std::min(end, first + UNIT_TILES);
@@ -426,100 +473,20 @@ inline void int4_tile_range(const QuantizedRows& q, int64_t rows, const uint8_t*
       const int64_t r = std::min<int64_t>(4, rows - r0);
       for (int64_t t = first; t < last; t += max_tiles(r)) {
         const int64_t nt = std::min(max_tiles(r), last - t);
-        tile_fn(r, nt)(q, r0, codes, sz, k, group, t, y, n);
+        vnni_tile_fn<INT4>(r, nt)(q, r0, codes, sc, k, group, t, y, n);
       }
     }
   }
 }
 
-// ---------------------------------------------------------------- int8, tile layout
-//
-// codes [N/16, K/4, 64] uint8, tile t holding rows 16t..16t+15: in each 4-wide k chunk byte
-// 4i+j is q + 128 for row i and k0+j (q int8, so the byte is unsigned, as vpdpbusd's first
-// operand must be). scales [N/16, K/group, 16] fp16: w = q s (GGUF Q8_0's fp16 d exactly).
-// With x held as for int4 (X = 256 h + l per group), per group
-//   sum_k q X = 256 sum (q + 128) h + sum (q + 128) l - 128 sum X,
-// all exact in int32 for groups up to 128. Two instructions per 64 weights, against seven for
-// int4's nibbles: this kernel streams at memory speed with cycles to spare.
-
-template <int R, int T>
-inline void int8_tiles(const QuantizedRows& q, int64_t r0, const uint8_t* codes, const c10::Half* sc, int64_t k,
-                       int64_t group, int64_t t0, BFloat16* y, int64_t n) {
-  const int64_t groups = k / group, chunks = k / 4, per_group = group / 4;
-  const uint8_t* c[T];
-  for (int t = 0; t < T; ++t) c[t] = codes + (t0 + t) * chunks * 64;
-  __m512 acc[R][T];
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < groups; ++g) {
-    __m512i ih[R][T], il[R][T];
-    for (int r = 0; r < R; ++r)
-      for (int t = 0; t < T; ++t) ih[r][t] = il[r][t] = _mm512_setzero_si512();
-    for (int64_t ch = g * per_group; ch < (g + 1) * per_group; ++ch) {
-      __m512i v[T];
-      for (int t = 0; t < T; ++t) {
-        const int64_t ahead = ch + PREFETCH_CHUNKS;
-        _mm_prefetch(reinterpret_cast<const char*>(ahead < chunks ? c[t] + ahead * 64
-                                                                  : c[t] + (T * chunks + ahead - chunks) * 64),
-                     _MM_HINT_T1);
-        v[t] = _mm512_loadu_si512(c[t] + ch * 64);
-      }
-      for (int r = 0; r < R; ++r) {
-        const __m512i h = broadcast4(q.hi.data() + (r0 + r) * k + ch * 4);
-        const __m512i l = broadcast4(q.lo.data() + (r0 + r) * k + ch * 4);
-        for (int t = 0; t < T; ++t) {
-          ih[r][t] = _mm512_dpbusd_epi32(ih[r][t], v[t], h);
-          il[r][t] = _mm512_dpbusd_epi32(il[r][t], v[t], l);
-        }
-      }
-    }
-    for (int t = 0; t < T; ++t) {
-      const int64_t ahead = g + PREFETCH_GROUPS;
-      _mm_prefetch(reinterpret_cast<const char*>(
-                       sc + (ahead < groups ? (t0 + t) * groups + ahead : (t0 + t + T) * groups + ahead - groups) * 16),
-                   _MM_HINT_T1);
-      const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + ((t0 + t) * groups + g) * 16)));
-      for (int r = 0; r < R; ++r) {
-        const int64_t at = (r0 + r) * groups + g;
-        const __m512i offset = _mm512_set1_epi32(128 * q.isum[at]);
-        const __m512i dot = _mm512_sub_epi32(_mm512_add_epi32(_mm512_slli_epi32(ih[r][t], 8), il[r][t]), offset);
-        acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_set1_ps(q.scale[at])), _mm512_cvtepi32_ps(dot), acc[r][t]);
-      }
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) {
-      alignas(64) float buf[16];
-      _mm512_store_ps(buf, acc[r][t]);
-      BFloat16* out = y + (r0 + r) * n + (t0 + t) * 16;
-      for (int i = 0; i < 16; ++i) out[i] = static_cast<BFloat16>(buf[i]);
-    }
+inline void int4_tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* codes, const c10::Half* sz,
+                            int64_t k, int64_t group, int64_t begin, int64_t end, BFloat16* y, int64_t n) {
+  tile_range<true>(q, rows, codes, sz, k, group, begin, end, y, n);
 }
 
-inline TileFn int8_tile_fn(int64_t rows, int64_t tiles) {
-  static constexpr TileFn one[] = {int8_tiles<1, 1>, int8_tiles<1, 2>, int8_tiles<1, 3>, int8_tiles<1, 4>};
-  static constexpr TileFn two[] = {int8_tiles<2, 1>, int8_tiles<2, 2>};
-  if (rows == 1) return one[tiles - 1];
-  if (rows == 2) return two[tiles - 1];
-  return rows == 3 ? int8_tiles<3, 1> : int8_tiles<4, 1>;
-}
-
-// int4_tile_range for int8 tiles: output tiles [begin, end), all rows of q.
 inline void int8_tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* codes, const c10::Half* sc,
                             int64_t k, int64_t group, int64_t begin, int64_t end, BFloat16* y, int64_t n) {
-#if defined(INFERD_AMX)
-  if (rows >= AMX_MIN_ROWS_INT8 && amx_usable()) return amx_tile_range<false>(q, rows, codes, sc, k, group, begin, end, y, n);
-#endif
-  for (int64_t first = begin; first < end; first += UNIT_TILES) {
-    const int64_t last = std::min(end, first + UNIT_TILES);
-    for (int64_t r0 = 0; r0 < rows; r0 += 4) {
-      const int64_t r = std::min<int64_t>(4, rows - r0);
-      for (int64_t t = first; t < last; t += max_tiles(r)) {
-        const int64_t nt = std::min(max_tiles(r), last - t);
-        int8_tile_fn(r, nt)(q, r0, codes, sc, k, group, t, y, n);
-      }
-    }
-  }
+  tile_range<false>(q, rows, codes, sc, k, group, begin, end, y, n);
 }
 #endif
 
