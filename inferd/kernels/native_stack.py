@@ -37,6 +37,17 @@ class NativeLinear:
     activation_dtype: torch.dtype | None = None  # None: any float dtype; else only this one
 
 
+def _team_rows() -> int:
+    """Most rows a step may have to run on the thread team: INFERD_DECODE_TEAM=0 (or off) turns
+    the team off, a number sets the limit (the C++ side caps it at 8)."""
+    value = os.environ.get("INFERD_DECODE_TEAM", "8").strip().lower()
+    if value in ("0", "off", "false", "no"):
+        return 0
+    if not value.isdigit():
+        raise ValueError(f"INFERD_DECODE_TEAM must be a row count or 0/off, not {value!r}")
+    return int(value)
+
+
 def _spec(module: nn.Module, dtype: torch.dtype) -> NativeLinear | None:
     spec_of = getattr(module, "native_spec", None)
     spec = spec_of() if spec_of is not None else None
@@ -55,7 +66,7 @@ class NativeStack:
         self.eps, self.scale, self.num_heads, self.head_dim = eps, scale, num_heads, head_dim
         self._kv_source: list | None = None  # the runner's cache list, flattened once
         self._kv_flat: list[torch.Tensor] = []
-        self.team_rows = int(os.environ.get("INFERD_DECODE_TEAM", "8"))  # 0: always one op per kernel
+        self.team_rows = _team_rows()
 
     @classmethod
     def build(cls, model: nn.Module, dtype: torch.dtype) -> NativeStack | None:

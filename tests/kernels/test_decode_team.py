@@ -113,3 +113,14 @@ def test_team_refuses_bad_slots_before_starting(tiny_llama):
     slots[1] = 0
     with pytest.raises(RuntimeError, match="outside the cache"):
         _stack_call(stack, x, caches, cos, sin, slots, tables, lens, window=0, team_rows=8)
+
+
+def test_the_team_switch_reads_the_environment(monkeypatch):
+    from inferd.kernels import native_stack
+
+    for value, rows in (("0", 0), ("off", 0), ("4", 4), (" 8 ", 8)):
+        monkeypatch.setenv("INFERD_DECODE_TEAM", value)
+        assert native_stack._team_rows() == rows
+    monkeypatch.setenv("INFERD_DECODE_TEAM", "fast")
+    with pytest.raises(ValueError, match="INFERD_DECODE_TEAM"):
+        native_stack._team_rows()
