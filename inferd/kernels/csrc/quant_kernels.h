@@ -156,6 +156,11 @@ constexpr int32_t X_MAX = 32639;        // keeps h = round(X / 256) within [-127
 constexpr int64_t PREFETCH_CHUNKS = 32;
 constexpr int64_t PREFETCH_GROUPS = 16;
 
+// Rows from which the tile kernels run on AMX where built (576x3072, 2 threads): int4 pays for
+// unpacking its nibbles into a B tile, and is level at 8 rows; int8 reads its codes in place.
+constexpr int64_t AMX_MIN_ROWS_INT8 = 8, AMX_MIN_ROWS_INT4 = 16;
+constexpr int64_t AMX_MIN_ROWS = AMX_MIN_ROWS_INT8 < AMX_MIN_ROWS_INT4 ? AMX_MIN_ROWS_INT8 : AMX_MIN_ROWS_INT4;
+
 // Per row of x: int8 digits h and l [K]; per group the scale sx, the plain sum of x and the
 // integer sum of X (for the int8 tiles' code offset).
 struct QuantizedRows {
@@ -165,9 +170,10 @@ struct QuantizedRows {
 };
 
 // Fills q for rows x [rows, K] (q's buffers are reused across calls: no allocation once grown;
-// the digits are zero-padded to a whole number of 16-row blocks).
+// for AMX's batches the digits are zero-padded to a whole number of 16-row blocks).
 inline void quantize_rows(const BFloat16* x, int64_t rows, int64_t k, int64_t group, QuantizedRows& q) {
-  const int64_t groups = k / group, padded = (rows + 15) / 16 * 16;  // AMX reads whole 16-row blocks
+  // AMX (from AMX_MIN_ROWS rows) reads whole 16-row blocks; decode's few rows stay unpadded.
+  const int64_t groups = k / group, padded = rows >= AMX_MIN_ROWS ? (rows + 15) / 16 * 16 : rows;
   q.hi.resize(padded * k);
   q.lo.resize(padded * k);
   std::fill(q.hi.begin() + rows * k, q.hi.end(), int8_t{0});
@@ -336,9 +342,6 @@ constexpr int64_t max_tiles(int64_t rows) { return rows == 1 ? 4 : rows == 2 ? 2
 
 #if defined(__AMX_TILE__) && defined(__AMX_INT8__)
 #define INFERD_AMX 1
-// Rows from which AMX beats the VNNI kernels (576x3072, 2 threads): int4 pays for unpacking
-// its nibbles into a B tile, and is level at 8 rows; int8 reads its codes in place.
-constexpr int64_t AMX_MIN_ROWS_INT8 = 8, AMX_MIN_ROWS_INT4 = 16;
 
 // Linux hands AMX state out per process on request; oneDNN asks too, and asking twice is fine.
 inline bool amx_usable() {
