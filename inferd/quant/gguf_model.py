@@ -12,10 +12,10 @@ from gguf import GGMLQuantizationType
 
 from inferd.model.arch import ArchConfig
 from inferd.model.gguf_reader import GGUFFile
-from inferd.quant.apply import QuantReport, _set_module
+from inferd.quant.apply import QuantReport, _set_module, _tied_table
 from inferd.quant.formats import Int4Weight, Int8Weight
 from inferd.quant.gguf_blocks import SUPPORTED_GGUF_TYPES, from_gguf_blocks
-from inferd.quant.linear import linear_from_quantized
+from inferd.quant.linear import Int8Linear, linear_from_quantized
 
 # Our fused module -> the GGUF tensors it concatenates (row-wise, in this order).
 _FUSED = {
@@ -106,5 +106,10 @@ def _keep_head_blocks(model: torch.nn.Module, tensors: dict, arch: ArchConfig, r
     _set_module(model, "lm_head", new)
     report.quantized.append("lm_head")
     report.bytes_after += weight.nbytes
-    if arch.tie_word_embeddings:  # the embedding keeps its float table: the same values, dequantized
+    if not arch.tie_word_embeddings:
+        return
+    if isinstance(new, Int8Linear) and new.tiles is not None:  # Q8_0 in int8 tiles: one copy
+        _set_module(model, "model.embed_tokens", _tied_table(new, weight, model.model.embed_tokens))
+        report.tied["lm_head"] = "model.embed_tokens shares its quantized storage"
+    else:  # the embedding keeps its float table: the same values, dequantized
         report.tied["lm_head"] = "model.embed_tokens keeps the float copy of the same blocks"

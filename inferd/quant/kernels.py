@@ -243,22 +243,16 @@ def pack_int8_tiles(q: torch.Tensor, scale: torch.Tensor, group: int) -> Int8Til
     return Int8Tiles(codes.permute(0, 2, 1, 3).reshape(n // 16, k // 4, 64).contiguous(), scales.contiguous(), group)
 
 
-def unpack_int8_tiles(codes: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """int8 q [N, K] (or only the rows `rows`, int64 [R]) back out of the tile layout."""
+def unpack_int8_tiles(codes: torch.Tensor) -> torch.Tensor:
+    """int8 q [N, K] back out of the tile layout."""
     tiles, chunks = codes.shape[:2]
-    b = codes.view(tiles, chunks, 16, 4)
-    if rows is None:
-        out = b.permute(0, 2, 1, 3).reshape(tiles * 16, chunks * 4)
-    else:
-        out = b[rows // 16, :, rows % 16].reshape(rows.numel(), chunks * 4)
+    out = codes.view(tiles, chunks, 16, 4).permute(0, 2, 1, 3).reshape(tiles * 16, chunks * 4)
     return (out.to(torch.int16) - 128).to(torch.int8)
 
 
-def int8_tile_scales(scales: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """The tiles' fp16 scales as float32 [N, G] (or only `rows`)."""
-    if rows is None:
-        return scales.transpose(1, 2).reshape(-1, scales.shape[1]).float()
-    return scales[rows // 16, :, rows % 16].float()
+def int8_tile_scales(scales: torch.Tensor) -> torch.Tensor:
+    """The tiles' fp16 scales as float32 [N, G]."""
+    return scales.transpose(1, 2).reshape(-1, scales.shape[1]).float()
 
 
 def int8_tiles_mm(x: torch.Tensor, tiles: Int8Tiles) -> torch.Tensor:
@@ -268,15 +262,12 @@ def int8_tiles_mm(x: torch.Tensor, tiles: Int8Tiles) -> torch.Tensor:
 
 def int8_tiles_rows(tiles: Int8Tiles, rows: torch.Tensor | None = None) -> torch.Tensor:
     """Rows `rows` (int64 [R]; all when None) of the weight the tile kernel multiplies by, in
-    float32 [R, K]: what a tied embedding looks up (a few ops: this runs every decode step)."""
-    if rows is None:
-        q, scale = unpack_int8_tiles(tiles.codes).float(), int8_tile_scales(tiles.scales)
-    else:
-        tile, lane = rows // 16, rows % 16
-        q = tiles.codes.view(tiles.codes.shape[0], -1, 16, 4)[tile, :, lane].float().sub_(128)
-        scale = tiles.scales[tile, :, lane].float()
-    r = q.shape[0]
-    return q.view(r, -1, tiles.group).mul_(scale.unsqueeze(-1)).view(r, -1)
+    float32 [R, K]: what a tied embedding looks up every decode step (one native gather)."""
+    if rows is not None:
+        return cpu_ops.ops().int8_tiles_rows(tiles.codes, tiles.group, tiles.scales, rows)
+    q, scale = unpack_int8_tiles(tiles.codes).float(), int8_tile_scales(tiles.scales)
+    n = q.shape[0]
+    return q.view(n, -1, tiles.group).mul_(scale.unsqueeze(-1)).view(n, -1)
 
 
 def int8_tiles_dequantize(tiles: Int8Tiles, dtype: torch.dtype) -> torch.Tensor:

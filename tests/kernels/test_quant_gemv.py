@@ -236,3 +236,10 @@ def test_bad_shapes_are_refused_with_a_clear_error():
         ops.fp8_rows_mm(_x(2, 96).float(), layer.qweight, layer.scale)
     with pytest.raises(RuntimeError, match="scale"):
         ops.fp8_rows_mm(_x(2, 96), layer.qweight, layer.scale[:10])
+
+
+def test_int8_tiles_row_lookup_refuses_ids_out_of_range():
+    _vnni(64, 128)
+    tiles = kernels.pack_int8_tiles(torch.zeros(64, 128, dtype=torch.int8), torch.ones(64, 4), 32)
+    with pytest.raises(RuntimeError, match="out of range"):
+        kernels.int8_tiles_rows(tiles, torch.tensor([3, 64]))

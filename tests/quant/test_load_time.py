@@ -57,15 +57,23 @@ def test_gguf_mode_keeps_the_files_blocks_exactly():
 @pytest.mark.slow
 def test_gguf_mode_with_head_keeps_the_files_head_blocks():
     """--quantization gguf --quant-lm-head: the head comes from the file's own (tied) token_embd
-    blocks, as llama.cpp runs it; the embedding keeps the float copy of the same values."""
+    blocks, as llama.cpp runs it; the embedding looks up the same values (from the head's own
+    int8 tiles where those are built, else from its float copy)."""
+    base = load_model(ModelConfig(dtype="float32"))
     kept = load_model(ModelConfig(dtype="float32", quantization="gguf", quant_lm_head=True))
-    head, table = kept.model.lm_head, kept.model.model.embed_tokens.weight
+    table = base.model.model.embed_tokens.weight  # the float table *is* the dequantized file
+    head, embed = kept.model.lm_head, kept.model.model.embed_tokens
     assert "lm_head" in kept.quant_report.quantized and not isinstance(head, torch.nn.Linear)
     assert head.weight_bytes < table.numel() * 2  # 8 bits or fewer a weight, not a float copy
     x = torch.randn(3, table.shape[1])
-    ref = x.double() @ table.double().T  # the float table *is* the dequantized file
+    ref = x.double() @ table.double().T
     err = (head(x).double() - ref).abs().max() / ref.abs().max()
     assert err < 1e-2  # bf16 activations, scales and output only
+    ids = torch.tensor([0, 1, 17, 4242, table.shape[0] - 1])
+    assert torch.equal(embed(ids), table[ids])
+    if isinstance(head, Int8Linear) and head.tiles is not None:
+        assert embed.qweight is head.qweight, "the tied table reads the head's tiles: one copy"
+        assert "shares its quantized storage" in kept.quant_report.tied["lm_head"]
     with pytest.raises(ValueError, match="takes no method"):
         load_model(ModelConfig(dtype="float32", quantization="gguf", quant_lm_head="int8"))
 

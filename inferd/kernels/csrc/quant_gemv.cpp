@@ -229,6 +229,34 @@ Tensor int8_tiles_dequantize(const Tensor& codes, int64_t group, const Tensor& s
   return out;
 }
 
+// Rows `ids` of an int8 tile weight as float32 [R, K], w = q * scale: a tied embedding's
+// lookup, one row or a few per decode step (a dozen torch ops took ~50 us for one row).
+Tensor int8_tiles_rows(const Tensor& codes, int64_t group, const Tensor& scales, const Tensor& ids) {
+  TORCH_CHECK(codes.dim() == 3 && codes.size(2) == 64 && codes.is_contiguous() && scales.dim() == 3 &&
+                  scales.scalar_type() == at::kHalf && scales.is_contiguous() && scales.size(0) == codes.size(0) &&
+                  group > 0 && scales.size(1) * group == codes.size(1) * 4,
+              "int8_tiles_rows: codes [N/16, K/4, 64] and fp16 scales [N/16, K/group, 16] expected");
+  TORCH_CHECK(ids.scalar_type() == at::kLong && ids.dim() == 1, "int8_tiles_rows: ids must be int64 [R]");
+  const Tensor idx = ids.contiguous();
+  const int64_t rows = idx.size(0), n = codes.size(0) * 16, chunks = codes.size(1), k = chunks * 4;
+  const int64_t groups = scales.size(1);
+  const int64_t* ip = idx.const_data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows; ++r)
+    TORCH_CHECK(ip[r] >= 0 && ip[r] < n, "int8_tiles_rows: index ", ip[r], " is out of range for ", n, " rows");
+  Tensor out = at::empty({rows, k}, codes.options().dtype(at::kFloat));
+  const uint8_t* cp = static_cast<const uint8_t*>(codes.const_data_ptr());
+  const c10::Half* sp = scales.const_data_ptr<c10::Half>();
+  float* op = out.mutable_data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t t = ip[r] / 16, i = ip[r] % 16;
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const int q = static_cast<int>(cp[(t * chunks + kk / 4) * 64 + 4 * i + kk % 4]) - 128;
+      op[r * k + kk] = static_cast<float>(q) * static_cast<float>(sp[(t * groups + kk / group) * 16 + i]);
+    }
+  }
+  return out;
+}
+
 // int4 tiles -> bf16 [N, K]: w = q * scale + min.
 Tensor int4_tiles_dequantize(const Tensor& codes, int64_t group, const Tensor& scale_min) {
   TORCH_CHECK(codes.dim() == 3 && codes.size(2) == 64 && codes.is_contiguous() && scale_min.dim() == 4 &&
@@ -295,6 +323,7 @@ TORCH_LIBRARY_FRAGMENT(inferd_cpu, m) {
   m.def("int8_tiles_mm(Tensor x, Tensor codes, int group_size, Tensor scales) -> Tensor");
   m.def("int8_tiles_dequantize(Tensor codes, int group_size, Tensor scales) -> Tensor");
   m.def("int4_tiles_dequantize(Tensor codes, int group_size, Tensor scale_min) -> Tensor");
+  m.def("int8_tiles_rows(Tensor codes, int group_size, Tensor scales, Tensor ids) -> Tensor");
   m.def("int4_mm_built() -> bool", int4_mm_built);
   m.def("tiles_use_amx() -> bool", tiles_use_amx);
 }
@@ -306,4 +335,5 @@ TORCH_LIBRARY_IMPL(inferd_cpu, CPU, m) {
   m.impl("int8_tiles_mm", int8_tiles_mm);
   m.impl("int8_tiles_dequantize", int8_tiles_dequantize);
   m.impl("int4_tiles_dequantize", int4_tiles_dequantize);
+  m.impl("int8_tiles_rows", int8_tiles_rows);
 }
