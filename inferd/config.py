@@ -28,13 +28,14 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """`auto` means bf16 on CPU and CUDA: on this class of CPU bf16 GEMMs are ~2.5x faster than
-    fp32 and read half the bytes. Ask for float32 for bit-level parity with the fp32 reference."""
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """An explicit dtype by name. `auto` depends on the model file and the machine: `load_model`
+    resolves it first (inferd.model.defaults.choose_defaults)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
-        return torch.bfloat16
+        raise ValueError("dtype 'auto' depends on the model file; resolve it with "
+                         "inferd.model.defaults.choose_defaults first")
     try:
         return DTYPES[dtype]
     except KeyError:
@@ -46,10 +47,12 @@ class ModelConfig:
     """Which model to load and how to run its arithmetic."""
 
     model: str = "smollm2-135m"
-    dtype: str = "auto"
+    dtype: str = "auto"  # auto: the machine's choice for this file (inferd.model.defaults)
     device: str = "auto"
     max_model_len: int | None = None  # None: the model's own context length
-    quantization: str = "none"  # none | int8 | int4 | fp8 | gguf (keep GGUF blocks)
+    # auto (the machine's choice: a GGUF's own blocks where inferd runs them exactly, else none)
+    # | none | int8 | int4 | fp8 | gguf (keep GGUF blocks)
+    quantization: str = "auto"
     quant_group_size: int = 64
     quant_symmetric: bool = True
     quant_skip: tuple[str, ...] = ()

@@ -30,13 +30,17 @@ def add_engine_args(p: argparse.ArgumentParser, model_nargs: str | None = None) 
                        help=f"model name or path (repeat to serve several; default {DEFAULT_MODEL})")
     else:
         g.add_argument("--model", default=DEFAULT_MODEL, help="bundled model name, .gguf file or HF directory")
-    g.add_argument("--dtype", default="auto", help="auto (bfloat16), float32, bfloat16, float16 (CUDA only)")
+    g.add_argument("--dtype", default="auto",
+                   help="auto (the machine's choice for this file, logged at start: float32 on CPUs "
+                        "without native bf16), float32, bfloat16, float16 (CUDA only)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     g.add_argument("--max-model-len", type=int, default=None, help="context window (default: the model's)")
     g.add_argument("--seed", type=int, default=0)
     q = p.add_argument_group("quantization")
-    q.add_argument("--quantization", default="none", choices=["none", "int8", "int4", "fp8", "gguf"],
-                   help="weight quantization applied at load time (gguf: keep the file's quantized blocks)")
+    q.add_argument("--quantization", default="auto", choices=["auto", "none", "int8", "int4", "fp8", "gguf"],
+                   help="weight quantization applied at load time (gguf: keep the file's quantized blocks; "
+                        "auto: gguf with --quant-lm-head for a GGUF file where inferd's kernels run its "
+                        "blocks exactly and --dtype is auto, else none)")
     q.add_argument("--quant-group-size", type=int, default=64, choices=[32, 64, 128])
     q.add_argument("--quant-asymmetric", action="store_true", help="int4 with a zero point per group")
     q.add_argument("--quant-skip", action="append", default=[], metavar="PATTERN",

@@ -24,7 +24,8 @@ def cpu_kernels(request, monkeypatch) -> bool:
     from inferd.kernels import cpu_ops
 
     if request.param:
-        assert cpu_ops.available()
+        if not cpu_ops.available():
+            pytest.skip("no native CPU kernels built here (no working compiler, or INFERD_NATIVE_CPU=0)")
     else:
         monkeypatch.setattr(cpu_ops, "usable", lambda *tensors: False)
     return request.param

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from inferd.config import ModelConfig, resolve_device, resolve_dtype
 from inferd.model.arch import ArchConfig
+from inferd.model.defaults import Choice, describe_gguf, describe_safetensors, machine_defaults
 from inferd.model.errors import ModelLoadError
 from inferd.model.gguf_loader import (
     arch_from_gguf,
@@ -27,6 +29,8 @@ from inferd.tokenizer import Tokenizer
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class LoadedModel:
@@ -39,15 +43,16 @@ class LoadedModel:
     max_model_len: int
     load_seconds: float
     quant_report: object | None = None  # inferd.quant.QuantReport when weights were quantized
+    config: ModelConfig | None = None  # the settings it was loaded with, `auto` resolved
+    choice: Choice | None = None  # what the machine chose for `auto`, and why
 
 
 def load_model(cfg: ModelConfig) -> LoadedModel:
     start = time.perf_counter()
     path = resolve_model_path(cfg.model)
     device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    if device.type == "cpu" and dtype == torch.float16:
-        raise ValueError("dtype float16 is not supported on CPU; use float32 or bfloat16")
+    if cfg.dtype not in (None, "auto"):  # a bad explicit dtype fails before any file is read
+        _check_dtype(resolve_dtype(cfg.dtype), device)
     reader = None
     if path.is_file():
         if path.suffix != ".gguf":
@@ -56,10 +61,18 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         arch = arch_from_gguf(reader, path)
         tensors = load_gguf_tensors(reader, arch, path)
         hf_tok = load_gguf_tokenizer(reader, path)
+        checkpoint = describe_gguf(reader, arch.tie_word_embeddings, Path(cfg.model).name)
     else:
         arch = read_hf_config(path)
         tensors = load_safetensors(path)
         hf_tok = load_hf_tokenizer(path)
+        checkpoint = describe_safetensors(tensors, Path(cfg.model).name)
+    choice = machine_defaults(cfg, checkpoint, device)
+    log.info("%s", choice.reason)
+    auto_blocks = cfg.quantization == "auto" and choice.quantization == "gguf"
+    cfg = replace(cfg, dtype=choice.dtype, quantization=choice.quantization, quant_lm_head=choice.quant_lm_head)
+    dtype = resolve_dtype(cfg.dtype)
+    _check_dtype(dtype, device)
     max_len = min(cfg.max_model_len or arch.max_position_embeddings, arch.max_position_embeddings) \
         if arch.rope_scaling is None else (cfg.max_model_len or arch.max_position_embeddings)
     torch.manual_seed(cfg.seed)
@@ -76,10 +89,21 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     model = model.to(device=device, dtype=dtype).eval()
     # One table shared by every layer; built last, in fp32, on the model's device.
     model.model.rotary.build_tables(device)
-    report = _quantize(model, cfg, arch, reader if path.is_file() else None, path)
+    try:
+        report = _quantize(model, cfg, arch, reader if path.is_file() else None, path)
+    except ValueError as exc:
+        if not auto_blocks:
+            raise
+        raise ValueError(f"{exc} (inferd chose --quantization gguf for this file; "
+                         "--quantization none loads its dequantized weights)") from None
     tokenizer = Tokenizer(hf_tok, arch)
     return LoadedModel(model, arch, tokenizer, path, dtype, device, max_len, time.perf_counter() - start,
-                       report)
+                       report, cfg, choice)
+
+
+def _check_dtype(dtype: torch.dtype, device: torch.device) -> None:
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ValueError("dtype float16 is not supported on CPU; use float32 or bfloat16")
 
 
 def _quantize(model: LlamaForCausalLM, cfg: ModelConfig, arch: ArchConfig, reader, path: Path):

@@ -179,7 +179,7 @@ def evaluate(model: str, method: str, *, dtype: str = "float32", group_size: int
     """lm_head: quantize the output head (and a tied embedding) too, as `--quant-lm-head` does
     (True: with `method`; or a method of its own)."""
     skip = list(skip or [])
-    base = load_model(ModelConfig(model=model, dtype=dtype, device="cpu"))
+    base = load_model(ModelConfig(model=model, dtype=dtype, device="cpu", quantization="none"))
     ev = Evaluator(base, corpus if corpus is not None else default_corpus(), window)
     qmodel, report = quantized_copy(base.model, method, group_size, symmetric, skip, lm_head)
     figs = ev.figures(qmodel)

@@ -101,9 +101,16 @@ def tiles_apply(n: int, k: int) -> bool:
     return n % 16 == 0 and k % 8 == 0 and _native_int4_built()
 
 
-@functools.cache
 def _native_int4_built() -> bool:
-    return cpu_ops.available() and bool(cpu_ops.ops().int4_mm_built())
+    """Whether the tile kernels run vectorised at the CPU kernels' level in use (the generic
+    level's scalar reference is slower than torch's own int8/int4 kernels)."""
+    level = cpu_ops.level()
+    return level is not None and _tiles_fast(level)
+
+
+@functools.cache
+def _tiles_fast(level: str) -> bool:
+    return bool(cpu_ops.ops_for(level).int4_mm_built())
 
 
 def pack_int4_tiles(codes: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch
 from inferd import LLM, SamplingParams
 from inferd.kernels import cpu_ops
 from inferd.kernels.native_stack import NativeStack
+from tests.kernels.conftest import needs_fast_tiles
 
 BF16 = torch.bfloat16
 CASES = [("tiny_llama", "int4"), ("tiny_llama", "int8"), ("tiny_qwen2", "fp8"),  # qwen2: qkv bias
@@ -19,6 +20,15 @@ CASES = [("tiny_llama", "int4"), ("tiny_llama", "int8"), ("tiny_qwen2", "fp8"), 
 def _llm(path, quantization: str) -> LLM:
     return LLM(str(path), dtype="bfloat16", quantization=quantization, quant_group_size=32,
                kv_cache_memory=0.05, enable_prefix_caching=False)
+
+
+def _stack(llm: LLM, level: str | None) -> NativeStack:
+    """The model's native stack; at a level without vector tile kernels int4 stays on torch's
+    kernels and has none (skip, saying so)."""
+    stack = llm.engine.runner.model.native_stack
+    if stack is None:
+        needs_fast_tiles(level)
+    return stack
 
 
 def _stack_call(stack: NativeStack, x, caches, cos, sin, slots, tables, lens, window: int, team_rows: int):
@@ -52,9 +62,9 @@ def _inputs(llm: LLM, rows: int, lens: list[int], same_sequence: bool, seed: int
 
 
 @pytest.mark.parametrize("model,quantization", CASES)
-def test_generation_with_the_team_is_bitwise_the_per_op_path(model, quantization, request):
+def test_generation_with_the_team_is_bitwise_the_per_op_path(model, quantization, request, kernel_level):
     llm = _llm(request.getfixturevalue(model), quantization)
-    stack = llm.engine.runner.model.native_stack
+    stack = _stack(llm, kernel_level)
     hidden = llm.engine.runner.model.config.hidden_size
     assert stack.uses_team(torch.zeros(1, hidden, dtype=BF16)), "a quantized model's decode runs on the team"
     # Requests finishing at different steps: decode batches of 4, 3, 2 and 1 rows.
@@ -77,9 +87,9 @@ def test_generation_with_the_team_is_bitwise_the_per_op_path(model, quantization
     (8, [3, 70, 12, 5, 66, 31, 8, 49], False),  # the most rows the team takes
 ])
 @pytest.mark.parametrize("window", [0, 10])
-def test_team_step_is_bitwise_the_per_op_step(tiny_qwen2, rows, lens, same_sequence, window):
+def test_team_step_is_bitwise_the_per_op_step(tiny_qwen2, rows, lens, same_sequence, window, kernel_level):
     llm = _llm(tiny_qwen2, "int4")
-    stack = llm.engine.runner.model.native_stack
+    stack = _stack(llm, kernel_level)
     args = _inputs(llm, rows, lens, same_sequence)
     assert stack.uses_team(args[0])
     per_op = _stack_call(stack, *args, window=window, team_rows=0)
@@ -89,22 +99,22 @@ def test_team_step_is_bitwise_the_per_op_step(tiny_qwen2, rows, lens, same_seque
     assert not torch.equal(team[2][0], args[1][0]), "the step wrote its keys into the cache"
 
 
-def test_team_takes_only_small_quantized_bf16_steps(tiny_llama):
+def test_team_takes_only_small_quantized_bf16_steps(tiny_llama, kernel_level):
     llm = _llm(tiny_llama, "int8")
-    stack = llm.engine.runner.model.native_stack
+    stack = _stack(llm, kernel_level)
     hidden = llm.engine.runner.model.config.hidden_size
     assert stack.uses_team(torch.zeros(8, hidden, dtype=BF16))
     assert not stack.uses_team(torch.zeros(9, hidden, dtype=BF16))  # prefill-sized: the per-op path
     stack.team_rows = 2
     assert not stack.uses_team(torch.zeros(3, hidden, dtype=BF16))
-    float_llm = LLM(str(tiny_llama), dtype="bfloat16", kv_cache_memory=0.05)
+    float_llm = LLM(str(tiny_llama), dtype="float32", kv_cache_memory=0.05)
     float_stack = float_llm.engine.runner.model.native_stack
     assert not float_stack.uses_team(torch.zeros(1, hidden, dtype=BF16)), "oneDNN GEMMs keep their own threads"
 
 
-def test_team_refuses_bad_slots_before_starting(tiny_llama):
+def test_team_refuses_bad_slots_before_starting(tiny_llama, kernel_level):
     llm = _llm(tiny_llama, "int4")
-    stack = llm.engine.runner.model.native_stack
+    stack = _stack(llm, kernel_level)
     x, caches, cos, sin, slots, tables, lens = _inputs(llm, 2, [5, 9], False)
     slots[1] = caches[0].shape[0] * caches[0].shape[1]  # one past the last slot
     with pytest.raises(RuntimeError, match="outside the cache"):

@@ -8,6 +8,7 @@ import torch
 
 from inferd import LLM, SamplingParams
 from inferd.kernels.native_stack import NativeStack
+from tests.kernels.conftest import needs_fast_tiles, needs_packed_bf16
 
 CASES = [("tiny_llama", "float32", "none"), ("tiny_llama", "bfloat16", "none"),
          ("tiny_qwen2", "bfloat16", "none"),  # qkv bias
@@ -22,12 +23,16 @@ def _run(llm: LLM, prompts: list[list[int]]) -> list[tuple[list[int], list[dict]
 
 
 @pytest.mark.parametrize("model,dtype,quantization", CASES)
-def test_native_stack_is_bitwise_the_python_loop(model, dtype, quantization, request):
+def test_native_stack_is_bitwise_the_python_loop(model, dtype, quantization, request, kernel_level):
     path = request.getfixturevalue(model)
     llm = LLM(str(path), dtype=dtype, quantization=quantization, quant_group_size=32,
               kv_cache_memory=0.05, max_num_batched_tokens=64, enable_prefix_caching=False)
     target = llm.engine.runner.model
     stack = target.native_stack
+    if stack is None and quantization != "none":
+        needs_fast_tiles(kernel_level)
+    if stack is None and dtype == "bfloat16" and quantization == "none":
+        needs_packed_bf16()
     assert isinstance(stack, NativeStack), "every layer of this model has a native kernel"
     calls = []
     original = NativeStack.__call__
@@ -52,6 +57,8 @@ def test_native_stack_is_bitwise_the_python_loop(model, dtype, quantization, req
 def test_quantized_kv_cache_keeps_the_python_path(tiny_llama):
     llm = LLM(str(tiny_llama), dtype="bfloat16", kv_cache_dtype="int8", kv_cache_memory=0.05)
     stack = llm.engine.runner.model.native_stack
+    if stack is None:
+        needs_packed_bf16()
     kv = llm.engine.runner.kv_caches
     assert stack is not None and not stack.serves(torch.zeros(1, 64, dtype=torch.bfloat16), kv)
     assert llm.generate([[5, 6, 7]], SamplingParams(temperature=0, max_tokens=4))[0].outputs[0].token_ids

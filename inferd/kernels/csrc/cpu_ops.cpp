@@ -10,12 +10,14 @@
 //   rope_write_kv     rotate q and k, store k and v into their paged-cache slots, return q
 //   paged_attention_rows  each query row over its own sequence prefix, K/V read in place
 //                         through its block table (decode rows, and prefill rows causally)
-// Registered as torch.ops.inferd_cpu.*; inferd/kernels/cpu_ops.py builds and loads this file.
+// Registered as torch.ops.inferd_cpu_<level>.*; inferd/kernels/cpu_ops.py builds and loads this file.
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
 #include <torch/library.h>
+
+#include "ops_namespace.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -255,7 +257,7 @@ void paged_attention_rows(Tensor& out, const Tensor& q, const Tensor& k_cache, c
 
 }  // namespace
 
-TORCH_LIBRARY(inferd_cpu, m) {
+INFERD_LIBRARY(m) {
   m.def("rms_norm(Tensor(a!) out, Tensor x, Tensor weight, float eps) -> ()");
   m.def("add_rms_norm(Tensor(a!) x, Tensor(b!) residual, Tensor weight, float eps) -> ()");
   m.def("silu_and_mul(Tensor gate_up) -> Tensor");
@@ -265,7 +267,7 @@ TORCH_LIBRARY(inferd_cpu, m) {
         "Tensor block_tables, Tensor seq_lens, float scale, int sliding_window) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(inferd_cpu, CPU, m) {
+INFERD_IMPL(CPU, m) {
   m.impl("rms_norm", rms_norm);
   m.impl("add_rms_norm", add_rms_norm);
   m.impl("silu_and_mul", silu_and_mul);

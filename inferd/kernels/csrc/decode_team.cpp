@@ -28,9 +28,21 @@
 
 #include "quant_kernels.h"
 #include "row_kernels.h"
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 namespace inferd_team {
 namespace {
+
+// A spin-wait hint to the core (lets its sibling hyperthread run, saves power).
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
 
 using at::Tensor;
 using c10::BFloat16;
@@ -52,7 +64,7 @@ class SpinBarrier {
     }
     for (int spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) {
       if (spins < (1 << 14)) {
-        _mm_pause();
+        cpu_relax();
       } else {
         std::this_thread::yield();
       }

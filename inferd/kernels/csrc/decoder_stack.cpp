@@ -17,6 +17,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include "ops_namespace.h"
+
 #include <optional>
 #include <vector>
 
@@ -39,29 +41,29 @@ c10::OperatorHandle op(const char* name) {
 
 struct Kernels {
   c10::TypedOperatorHandle<void(Tensor&, const Tensor&, const Tensor&, double)> rms_norm =
-      op("inferd_cpu::rms_norm").typed<void(Tensor&, const Tensor&, const Tensor&, double)>();
+      op(INFERD_OP("rms_norm")).typed<void(Tensor&, const Tensor&, const Tensor&, double)>();
   c10::TypedOperatorHandle<void(Tensor&, Tensor&, const Tensor&, double)> add_rms_norm =
-      op("inferd_cpu::add_rms_norm").typed<void(Tensor&, Tensor&, const Tensor&, double)>();
+      op(INFERD_OP("add_rms_norm")).typed<void(Tensor&, Tensor&, const Tensor&, double)>();
   c10::TypedOperatorHandle<Tensor(const Tensor&)> silu_and_mul =
-      op("inferd_cpu::silu_and_mul").typed<Tensor(const Tensor&)>();
+      op(INFERD_OP("silu_and_mul")).typed<Tensor(const Tensor&)>();
   c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&, const Tensor&,
                                   int64_t)>
-      rope_write_kv = op("inferd_cpu::rope_write_kv")
+      rope_write_kv = op(INFERD_OP("rope_write_kv"))
                           .typed<Tensor(const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&,
                                         const Tensor&, int64_t)>();
   c10::TypedOperatorHandle<void(Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                 double, int64_t)>
-      attention = op("inferd_cpu::paged_attention_rows")
+      attention = op(INFERD_OP("paged_attention_rows"))
                       .typed<void(Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                   const Tensor&, double, int64_t)>();
   c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&, int64_t, const Tensor&)> int4_mm =
-      op("inferd_cpu::int4_mm").typed<Tensor(const Tensor&, const Tensor&, int64_t, const Tensor&)>();
+      op(INFERD_OP("int4_mm")).typed<Tensor(const Tensor&, const Tensor&, int64_t, const Tensor&)>();
   c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&, int64_t, const Tensor&)> int8_tiles_mm =
-      op("inferd_cpu::int8_tiles_mm").typed<Tensor(const Tensor&, const Tensor&, int64_t, const Tensor&)>();
+      op(INFERD_OP("int8_tiles_mm")).typed<Tensor(const Tensor&, const Tensor&, int64_t, const Tensor&)>();
   c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&, const Tensor&)> int8_rows_mm =
-      op("inferd_cpu::int8_rows_mm").typed<Tensor(const Tensor&, const Tensor&, const Tensor&)>();
+      op(INFERD_OP("int8_rows_mm")).typed<Tensor(const Tensor&, const Tensor&, const Tensor&)>();
   c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&, const Tensor&)> fp8_rows_mm =
-      op("inferd_cpu::fp8_rows_mm").typed<Tensor(const Tensor&, const Tensor&, const Tensor&)>();
+      op(INFERD_OP("fp8_rows_mm")).typed<Tensor(const Tensor&, const Tensor&, const Tensor&)>();
   c10::OperatorHandle packed_linear = op("mkldnn::_linear_pointwise");
 };
 
@@ -141,7 +143,7 @@ Tensor decoder_stack(const Tensor& x_in, const c10::List<std::optional<Tensor>>&
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(inferd_cpu, m) {
+INFERD_FRAGMENT(m) {
   m.def("decoder_stack(Tensor(b!) x, Tensor?[] weights, int[] layout, float eps, float scale, int num_heads, "
         "int head_dim, int sliding_window, Tensor cos, Tensor sin_signed, Tensor(a!)[] kv_caches, Tensor slots, "
         "Tensor block_tables, Tensor seq_lens, int max_team_rows=8) -> Tensor");
@@ -152,6 +154,6 @@ TORCH_LIBRARY_FRAGMENT(inferd_cpu, m) {
         });
 }
 
-TORCH_LIBRARY_IMPL(inferd_cpu, CPU, m) { m.impl("decoder_stack", decoder_stack); }
+INFERD_IMPL(CPU, m) { m.impl("decoder_stack", decoder_stack); }
 // oneDNN-packed weights are MkldnnCPU tensors, which route the whole call to that key.
-TORCH_LIBRARY_IMPL(inferd_cpu, MkldnnCPU, m) { m.impl("decoder_stack", decoder_stack); }
+INFERD_IMPL(MkldnnCPU, m) { m.impl("decoder_stack", decoder_stack); }

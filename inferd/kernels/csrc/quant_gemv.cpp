@@ -9,7 +9,7 @@
 //                 [N/16, K/group, 16]: w = q s
 // Decode is memory-bound: each weight byte is read once per call and widened in registers.
 // Rows are computed independently in a fixed order, so results do not depend on how many rows
-// share the call. Registered next to cpu_ops.cpp's kernels as torch.ops.inferd_cpu.*.
+// share the call. Registered next to cpu_ops.cpp's kernels as torch.ops.inferd_cpu_<level>.*.
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -17,6 +17,8 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
+
+#include "ops_namespace.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -36,7 +38,6 @@ void check_x(const Tensor& x, int64_t k, const char* op) {
   TORCH_CHECK(x.size(1) == k, op, ": x has ", x.size(1), " columns, the weight ", k);
 }
 
-#if defined(__AVX512F__)
 template <typename Decode, typename Scale>
 void rows_mm_run(const float* xf, const uint8_t* wp, const Scale* sp, int64_t rows, int64_t n, int64_t k,
                  BFloat16* yp) {
@@ -44,7 +45,6 @@ void rows_mm_run(const float* xf, const uint8_t* wp, const Scale* sp, int64_t ro
     rows_mm_range<Decode>(xf, wp, sp, rows, n, k, b0 * 16, std::min(n, b1 * 16), yp);
   });
 }
-#endif
 
 template <typename Decode>
 Tensor rows_mm(const Tensor& x, const Tensor& w, const Tensor& scale, const char* op) {
@@ -57,7 +57,6 @@ Tensor rows_mm(const Tensor& x, const Tensor& w, const Tensor& scale, const char
               op, ": scale must be contiguous float32 or bfloat16 [N]");
   const int64_t rows = x.size(0);
   Tensor y = at::empty({rows, n}, x.options());
-#if defined(__AVX512F__)
   std::vector<float> xf;
   widen(x.const_data_ptr<BFloat16>(), x.numel(), xf);
   const uint8_t* wp = static_cast<const uint8_t*>(w.const_data_ptr());
@@ -68,28 +67,17 @@ Tensor rows_mm(const Tensor& x, const Tensor& w, const Tensor& scale, const char
     rows_mm_run<Decode>(xf.data(), wp, scale.const_data_ptr<BFloat16>(), rows, n, k, yp);
   }
   return y;
-#else
-  TORCH_CHECK(false, op, ": built without AVX-512");
-#endif
 }
 
 Tensor int8_rows_mm(const Tensor& x, const Tensor& w, const Tensor& scale) {
   TORCH_CHECK(w.scalar_type() == at::kChar, "int8_rows_mm: weight must be int8");
-#if defined(__AVX512F__)
   return rows_mm<Int8Decode>(x, w, scale, "int8_rows_mm");
-#else
-  TORCH_CHECK(false, "int8_rows_mm: built without AVX-512");
-#endif
 }
 
 Tensor fp8_rows_mm(const Tensor& x, const Tensor& w, const Tensor& scale) {
   TORCH_CHECK(w.scalar_type() == at::kFloat8_e4m3fn || w.scalar_type() == at::kByte,
               "fp8_rows_mm: weight must be float8_e4m3fn (or its raw bytes)");
-#if defined(__AVX512F__)
   return rows_mm<Fp8Decode>(x, w, scale, "fp8_rows_mm");
-#else
-  TORCH_CHECK(false, "fp8_rows_mm: built without AVX-512");
-#endif
 }
 
 
@@ -101,7 +89,6 @@ Tensor tiles_mm(const Tensor& x, const Tensor& codes, int64_t group, const Tenso
                 const char* op) {
   const int64_t rows = x.size(0), n = tiles * 16;
   Tensor y = at::empty({rows, n}, x.options());
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
   QuantizedRows q;
   quantize_rows(x.const_data_ptr<BFloat16>(), rows, k, group, q);
   const uint8_t* cp = static_cast<const uint8_t*>(codes.const_data_ptr());
@@ -111,9 +98,6 @@ Tensor tiles_mm(const Tensor& x, const Tensor& codes, int64_t group, const Tenso
     tile_range<INT4>(q, rows, cp, sp, k, group, begin, end, yp, n);
   });
   return y;
-#else
-  TORCH_CHECK(false, op, ": built without AVX-512 VNNI");
-#endif
 }
 
 // x [M, K] bf16; codes [N/16, K/8, 64] and scale_min [N/16, K/group, 2, 16] fp16 in the tile
@@ -153,7 +137,8 @@ Tensor int8_tiles_mm(const Tensor& x, const Tensor& codes, int64_t group, const 
 // memory. Four 64-byte k chunks of a tile hold, per row i, four bytes each in dword lane i: a
 // 4x16 dword transpose gives each row its sixteen consecutive bytes.
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
+#define INFERD_DEQUANT_AVX512 1
 // Row 4L+m's four dwords [a, b, c, d] of lane (4L+m), for m = 0..3, as r[m]'s 128-bit lane L.
 inline void transpose_dwords(__m512i a, __m512i b, __m512i c, __m512i d, __m512i (&r)[4]) {
   const __m512i ab0 = _mm512_unpacklo_epi32(a, b), ab1 = _mm512_unpackhi_epi32(a, b);
@@ -194,6 +179,34 @@ inline void store_rows(const __m512i (&r)[4], BFloat16* out, int64_t k, int64_t 
 }
 #endif
 
+// Either tile layout -> bf16 [N, K] in plain loops (the compiler vectorises the inner one):
+// w = q * s (int8, q = byte - 128) or q * s + m (int4), in float32, rounded once to bf16 —
+// the vector path's formula, so the result is the same bit for bit.
+template <bool INT4>
+void dequantize_tiles(const Tensor& codes, int64_t group, const Tensor& scales, Tensor& out) {
+  constexpr int64_t KC = INT4 ? 8 : 4;
+  const int64_t tiles = codes.size(0), chunks = codes.size(1), k = chunks * KC, groups = k / group;
+  const uint8_t* cp = static_cast<const uint8_t*>(codes.const_data_ptr());
+  const c10::Half* sp = scales.const_data_ptr<c10::Half>();
+  BFloat16* op = out.mutable_data_ptr<BFloat16>();
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      for (int i = 0; i < 16; ++i) {
+        BFloat16* row = op + (t * 16 + i) * k;
+        for (int64_t kk = 0; kk < k; ++kk) {
+          const uint8_t byte = cp[(t * chunks + kk / KC) * 64 + 4 * i + kk % 4];
+          const c10::Half* sg = sp + (t * groups + kk / group) * scale_halves<INT4>();
+          if constexpr (INT4) {
+            const float q = static_cast<float>((byte >> (kk % 8 < 4 ? 0 : 4)) & 0x0f);
+            row[kk] = static_cast<BFloat16>(q * static_cast<float>(sg[i]) + static_cast<float>(sg[16 + i]));
+          } else {
+            row[kk] = static_cast<BFloat16>((static_cast<float>(byte) - 128.f) * static_cast<float>(sg[i]));
+          }
+        }
+      }
+  });
+}
+
 // int8 tiles -> bf16 [N, K]: w = q * scale.
 Tensor int8_tiles_dequantize(const Tensor& codes, int64_t group, const Tensor& scales) {
   TORCH_CHECK(codes.dim() == 3 && codes.size(2) == 64 && codes.is_contiguous() && scales.dim() == 3 &&
@@ -202,7 +215,7 @@ Tensor int8_tiles_dequantize(const Tensor& codes, int64_t group, const Tensor& s
               "int8_tiles_dequantize: codes [N/16, K/4, 64] and fp16 scales [N/16, K/group, 16] expected");
   const int64_t tiles = codes.size(0), k = codes.size(1) * 4, groups = scales.size(1);
   Tensor out = at::empty({tiles * 16, k}, codes.options().dtype(at::kBFloat16));
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#if defined(INFERD_DEQUANT_AVX512)
   const uint8_t* cp = static_cast<const uint8_t*>(codes.const_data_ptr());
   const c10::Half* sp = scales.const_data_ptr<c10::Half>();
   BFloat16* op = out.mutable_data_ptr<BFloat16>();
@@ -224,7 +237,7 @@ Tensor int8_tiles_dequantize(const Tensor& codes, int64_t group, const Tensor& s
     }
   });
 #else
-  TORCH_CHECK(false, "int8_tiles_dequantize: built without AVX-512 VNNI");
+  dequantize_tiles<false>(codes, group, scales, out);
 #endif
   return out;
 }
@@ -266,7 +279,7 @@ Tensor int4_tiles_dequantize(const Tensor& codes, int64_t group, const Tensor& s
               "int4_tiles_dequantize: codes [N/16, K/8, 64] and fp16 scale_min [N/16, K/group, 2, 16] expected");
   const int64_t tiles = codes.size(0), k = codes.size(1) * 8, groups = scale_min.size(1);
   Tensor out = at::empty({tiles * 16, k}, codes.options().dtype(at::kBFloat16));
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#if defined(INFERD_DEQUANT_AVX512)
   const uint8_t* cp = static_cast<const uint8_t*>(codes.const_data_ptr());
   const c10::Half* sp = scale_min.const_data_ptr<c10::Half>();
   BFloat16* op = out.mutable_data_ptr<BFloat16>();
@@ -291,19 +304,14 @@ Tensor int4_tiles_dequantize(const Tensor& codes, int64_t group, const Tensor& s
     }
   });
 #else
-  TORCH_CHECK(false, "int4_tiles_dequantize: built without AVX-512 VNNI");
+  dequantize_tiles<true>(codes, group, scale_min, out);
 #endif
   return out;
 }
 
-// Whether int4_mm and int8_tiles_mm were compiled for this CPU (they need AVX-512 VNNI and BW).
-bool int4_mm_built() {
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-  return true;
-#else
-  return false;
-#endif
-}
+// Whether int4_mm and int8_tiles_mm run a vector kernel in this build (the scalar reference is
+// correct everywhere but slower than torch's own quantized kernels).
+bool int4_mm_built() { return TILES_FAST; }
 
 // Whether the tile kernels run batches of rows on AMX here (built for it, and the OS allows it).
 bool tiles_use_amx() {
@@ -316,7 +324,7 @@ bool tiles_use_amx() {
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(inferd_cpu, m) {
+INFERD_FRAGMENT(m) {
   m.def("int8_rows_mm(Tensor x, Tensor weight, Tensor scale) -> Tensor");
   m.def("fp8_rows_mm(Tensor x, Tensor weight, Tensor scale) -> Tensor");
   m.def("int4_mm(Tensor x, Tensor codes, int group_size, Tensor scale_zeros) -> Tensor");
@@ -328,7 +336,7 @@ TORCH_LIBRARY_FRAGMENT(inferd_cpu, m) {
   m.def("tiles_use_amx() -> bool", tiles_use_amx);
 }
 
-TORCH_LIBRARY_IMPL(inferd_cpu, CPU, m) {
+INFERD_IMPL(CPU, m) {
   m.impl("int8_rows_mm", int8_rows_mm);
   m.impl("fp8_rows_mm", fp8_rows_mm);
   m.impl("int4_mm", int4_mm);

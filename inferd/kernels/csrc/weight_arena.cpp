@@ -8,6 +8,8 @@
 #include <ATen/ops/from_blob.h>
 #include <torch/library.h>
 
+#include "ops_namespace.h"
+
 #include <sys/mman.h>
 
 #include <cstdlib>
@@ -27,4 +29,4 @@ at::Tensor hugepage_buffer(int64_t nbytes) {
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(inferd_cpu, m) { m.def("hugepage_buffer(int nbytes) -> Tensor", hugepage_buffer); }
+INFERD_FRAGMENT(m) { m.def("hugepage_buffer(int nbytes) -> Tensor", hugepage_buffer); }

@@ -1,0 +1,59 @@
+"""Kernel tests run on every CPU path this machine has: each test of the modules below runs once
+per ISA level (cpu_isa.py) with that level's build in use, so an AVX2 path is tested on an
+AVX-512 machine too, and the scalar reference everywhere. By default the levels are the best
+one, avx2 and generic (each build costs a minute or two on 2 cores); INFERD_TEST_ALL_ISAS=1
+takes every level the CPU supports. A level that does not build here skips, saying so."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from inferd.kernels import cpu_isa, cpu_ops
+
+PER_LEVEL_MODULES = {"test_cpu_ops", "test_quant_gemv", "test_decode_team", "test_native_stack"}
+
+
+def levels_to_test() -> list[str]:
+    supported = [lv.name for lv in cpu_isa.levels() if cpu_isa.supported(lv)]
+    if os.environ.get("INFERD_TEST_ALL_ISAS") == "1":
+        return supported
+    wanted = {supported[-1], "avx2", "neon", "generic"}
+    return [name for name in supported if name in wanted]
+
+
+def pytest_generate_tests(metafunc):
+    if "kernel_level" in metafunc.fixturenames and metafunc.module.__name__.rsplit(".", 1)[-1] in PER_LEVEL_MODULES:
+        metafunc.parametrize("kernel_level", levels_to_test(), indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def kernel_level(request):
+    """The ISA level whose kernels the test runs on (None outside the per-level modules)."""
+    name = getattr(request, "param", None)
+    if name is None or os.environ.get("INFERD_NATIVE_CPU") == "0":
+        yield None
+        return
+    if cpu_ops.ops_for(name) is None:
+        pytest.skip(f"the {name} CPU kernels did not build on this machine (see the log line)")
+    with cpu_ops.use_level(name):
+        yield name
+
+
+def needs_fast_tiles(level: str | None) -> None:
+    """Skip where the level's tile kernels are the scalar reference: quantized layers then run
+    on torch's own kernels, so there is no native quantized stack to test."""
+    if level is not None and not cpu_ops.ops_for(level).int4_mm_built():
+        pytest.skip(f"the {level} level keeps quantized layers on torch's kernels (no vector tile kernel)")
+
+
+def needs_packed_bf16() -> None:
+    """Skip where oneDNN has no bf16 kernels (CPUs without native bf16): bf16 linears then stay
+    on torch's F.linear, which the native stack does not call."""
+    import torch
+
+    from inferd.kernels.cpu_linear import packing_supported
+
+    if not packing_supported(torch.bfloat16, torch.device("cpu")):
+        pytest.skip("this CPU has no native bf16, so oneDNN does not pack bf16 linears (no native stack for them)")
