@@ -23,6 +23,7 @@ from inferd.model.registry import resolve_model_path  # noqa: E402
 
 G32_ASYM = {"quant_group_size": 32, "quant_symmetric": False}
 CONFIGS = {  # label -> (dtype, quantization, extra LLM keywords)
+    "default": ("auto", "auto", {}),  # what the machine chooses with no flags
     "fp32": ("float32", "none", {}), "bf16": ("bfloat16", "none", {}),
     "int8": ("bfloat16", "int8", {}), "int4-gguf-blocks": ("bfloat16", "gguf", {}),
     "int4-g32-asym": ("bfloat16", "int4", G32_ASYM), "fp8": ("bfloat16", "fp8", {}),

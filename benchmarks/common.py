@@ -17,7 +17,10 @@ def machine() -> str:
         cpu = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), cpu)
     except (OSError, subprocess.SubprocessError):
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    from inferd.kernels import cpu_isa, cpu_ops
+
+    isa = f"ISA {cpu_isa.describe()}, inferd kernels {cpu_ops.level() or 'none (plain torch)'}"
+    return f"{cpu}, {os.cpu_count()} cores, {isa}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def median(xs: list[float]) -> float:

@@ -21,4 +21,4 @@ if [ ! -f "$stamp" ]; then
 fi
 # Build the native CPU kernels now for this CPU's best ISA level (cached; a no-op once built),
 # so a server never compiles on its first start. A failure is one line and falls back.
-.venv/bin/python -m inferd.kernels.cpu_ops || echo "warning: the native CPU kernels did not build; plain torch ops will run"
+.venv/bin/python -c "from inferd.kernels.cpu_ops import main; raise SystemExit(main([]))" || echo "warning: the native CPU kernels did not build; plain torch ops will run"

@@ -47,9 +47,9 @@ def test_serve_command_serves_the_default_model_on_port_8000():
                 time.sleep(1)
         r = httpx.post("http://127.0.0.1:8000/v1/chat/completions", timeout=120, json={
             "model": "smollm2-135m", "max_tokens": 16, "temperature": 0,
-            "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+            "messages": [{"role": "user", "content": "What is the capital city of Germany?"}]})
         assert r.status_code == 200
-        assert "Paris" in r.json()["choices"][0]["message"]["content"]
+        assert "Berlin" in r.json()["choices"][0]["message"]["content"]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)

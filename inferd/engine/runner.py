@@ -28,7 +28,8 @@ GIB = 1 << 30
 # CPU GEMMs take a different kernel for very few rows (gemv for 1 row; fp32 also for 2-3)
 # than for more, and the kernels round differently. Padding every GEMM to 4 rows keeps each
 # row's result, hence greedy output, independent of batch size (tests pin it, fp32 and bf16).
-# Quantized layers on inferd's own kernels need no padding: their rows are independent.
+# Quantized layers need no padding: inferd's kernels and, without them, torch's int8/int4
+# kernels compute every row on its own (each layer's `rows_independent` says so).
 MIN_ROWS_CPU = 4
 
 
@@ -91,12 +92,13 @@ class ModelRunner:
                            self.device, self.loaded.dtype)
 
     def _min_rows(self, part: torch.nn.Module) -> int:
-        """MIN_ROWS_CPU, unless every matmul of `part` runs one of inferd's row-independent CPU
-        kernels (quantized layers at decode sizes): padding rows would then only cost time."""
+        """MIN_ROWS_CPU, unless every matmul of `part` runs a row-independent CPU kernel
+        (quantized layers, with or without inferd's native kernels): padding rows would then
+        only cost time."""
         if self.device.type != "cpu":
             return 1
         matmuls = [m for m in part.modules() if hasattr(m, "in_features")]
-        if cpu_ops.available() and matmuls and all(getattr(m, "rows_independent", False) for m in matmuls):
+        if matmuls and all(getattr(m, "rows_independent", False) for m in matmuls):
             return 1
         return MIN_ROWS_CPU
 

@@ -10,7 +10,7 @@ level the CPU has). The best level the CPU runs is used unless INFERD_CPU_ISA na
 a level that does not build is logged in one line (the compiler's output goes to a file next to
 the build), remembered so later starts do not retry it, and the next level down is tried.
 INFERD_NATIVE_CPU=0, or no working compiler, leaves every caller on the plain torch ops that
-compute the same thing. `python -m inferd.kernels.cpu_ops` builds ahead of time (scripts/setup.sh).
+compute the same thing. `main` builds ahead of time (scripts/setup.sh).
 """
 
 from __future__ import annotations

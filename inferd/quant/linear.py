@@ -32,13 +32,18 @@ from inferd.quant.formats import (
 # its step crossed it), so inferd's tile layouts, whose kernels run batches on AMX and
 # dequantize in one native pass, keep the kernel up to 384 rows: greedy output is then the same
 # alone or in any batch of smaller steps (tested with 256-token steps), at ~2/3 of the GEMM's
-# speed on 64-383-row prefill chunks. torch's int4 layout and int8 rows dequantize in torch ops.
-# For int8 only while the bf16 copy stays cache-sized: on a 576x49152 head the widening pass
-# itself is DRAM-bound and costs more than the kernel at 32 tokens.
+# speed on 64-383-row prefill chunks. int8 in rows switches beside inferd's row kernel only
+# while the bf16 copy stays cache-sized: on a 576x49152 head the widening pass itself is
+# DRAM-bound and costs more than the kernel at 32 tokens.
+# torch's own kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`: torch's int4 layout,
+# and int8 rows where inferd's kernels are not built) never switch: each computes every output
+# on its own over K in a fixed order, so a row's result is the same for any row count, which a
+# switch to dequant + GEMM would end at every step crossing it. They are also the faster choice
+# where bf16 is not native: on a Zen 3 (AVX2), one thread, SmolLM2's four GEMM shapes ran 4.4-4.6x
+# faster than dequant + GEMM at 24-512 rows (int8) and 4.5x at 384-512 rows (int4).
 CPU_TILES_DEQUANT_FROM = 384
 CPU_INT8_DEQUANT_FROM = 24
 CPU_INT8_DEQUANT_MAX_WEIGHTS = 1 << 22
-CPU_INT4_DEQUANT_FROM = 384
 
 
 def default_compute_dtype(device: torch.device, weight_dtype: torch.dtype) -> torch.dtype:
@@ -121,7 +126,9 @@ class Int8Linear(_QuantLinear):
     CPU with AVX-512 VNNI: inferd's int8 tile kernel (`kernels.int8_tiles_mm`, fp16 scales per
     group: GGUF Q8_0's own values exactly; per-channel scales repeated per group; AMX for
     batches), dequant + bf16 GEMM from CPU_TILES_DEQUANT_FROM tokens on. Other CPUs with
-    per-channel scales: the row kernel (`int8_mm_cpu`), dequant from CPU_INT8_DEQUANT_FROM. Group-wise scales elsewhere, and all int8 on CUDA (where torch's
+    per-channel scales: inferd's row kernel (`int8_mm_cpu`), dequant from CPU_INT8_DEQUANT_FROM;
+    without native kernels torch's `_weight_int8pack_mm` at every row count (batch invariance).
+    Group-wise scales elsewhere, and all int8 on CUDA (where torch's
     `_weight_int8pack_mm` is a naive kernel, 5-50x slower than bf16), take the "two-plane"
     path: q = 16 hi + lo splits into two int4 planes run as one tinygemm call over [x, x], hi
     with scale 16 d and lo with scale d, zero 8 d. Exact up to bf16 rounding of d.
@@ -179,8 +186,8 @@ class Int8Linear(_QuantLinear):
 
     @property
     def _dequant_from(self) -> int:
-        """Rows from which a CPU call runs dequant + bf16 GEMM (only while the bf16 copy stays
-        cache-sized)."""
+        """Rows from which a CPU call on inferd's kernels runs dequant + bf16 GEMM (only while
+        the bf16 copy stays cache-sized; never on torch's `_weight_int8pack_mm`)."""
         small = self.in_features * self.out_features <= CPU_INT8_DEQUANT_MAX_WEIGHTS
         if not small:
             return 1 << 30
@@ -201,16 +208,17 @@ class Int8Linear(_QuantLinear):
         elif self.two_plane:
             y = kernels.int4_mm(torch.cat([x2, x2], dim=1), self.qweight, self.plane_group,
                                 self.scale_zeros)
-        elif x2.shape[0] >= self._dequant_from:
+        elif x2.shape[0] >= self._dequant_from and cpu_ops.usable(x2):
             y = F.linear(x2, self.qweight.to(self.compute_dtype)) * self.scale
-        else:
+        else:  # torch's kernel where inferd's is not built: at every row count, rows independent
             y = kernels.int8_mm_cpu(x2, self.qweight, self.scale)
         return self._finish(y, x)
 
     @property
     def rows_independent(self) -> bool:
-        return self.packed_for == "cpu" and (not self.two_plane
-                                             or kernels.native_int4_applies(self.qweight))
+        # Two planes on CPU run inferd's int4 tiles or torch's int4 kernel, rows either way
+        # independent; rows run inferd's row kernel or torch's int8 kernel (see forward).
+        return self.packed_for == "cpu"
 
     def native_spec(self) -> NativeLinear | None:
         if self.packed_for != "cpu":
@@ -273,10 +281,9 @@ class Int4Linear(_QuantLinear):
 
     @property
     def _dequant_from(self) -> int:
-        """Rows from which a CPU call runs dequant + bf16 GEMM."""
-        if not self._unpackable:
-            return 1 << 30
-        return CPU_TILES_DEQUANT_FROM if kernels.native_int4_applies(self.qweight) else CPU_INT4_DEQUANT_FROM
+        """Rows from which a CPU call runs dequant + bf16 GEMM: inferd's tiles only; torch's
+        `_weight_int4pack_mm_for_cpu` runs every row count itself (batch invariance)."""
+        return CPU_TILES_DEQUANT_FROM if kernels.native_int4_applies(self.qweight) else 1 << 30
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = self._prepare(x)
@@ -290,7 +297,8 @@ class Int4Linear(_QuantLinear):
 
     @property
     def rows_independent(self) -> bool:
-        return kernels.native_int4_applies(self.qweight)
+        # inferd's tiles, or torch's CPU kernel at every row count (tinygemm's CUDA kernel is not).
+        return self.packed_for == "cpu"
 
     def native_spec(self) -> NativeLinear | None:
         if not kernels.native_int4_applies(self.qweight):
@@ -354,7 +362,9 @@ class Fp8Linear(_QuantLinear):
 
     @property
     def rows_independent(self) -> bool:
-        return self.packed_for == "cpu" and self.compute_dtype == torch.bfloat16
+        # Without inferd's fp8 kernel every call widens the weight for torch's bf16 GEMM, which
+        # may round a row alone otherwise than in a batch (gemv): padding rows then.
+        return self.packed_for == "cpu" and self.compute_dtype == torch.bfloat16 and cpu_ops.available()
 
     def native_spec(self) -> NativeLinear | None:
         if not self.rows_independent or self.use_scaled_mm or not cpu_ops.available():

@@ -49,11 +49,9 @@ def needs_fast_tiles(level: str | None) -> None:
 
 
 def needs_packed_bf16() -> None:
-    """Skip where oneDNN has no bf16 kernels (CPUs without native bf16): bf16 linears then stay
-    on torch's F.linear, which the native stack does not call."""
-    import torch
+    """Skip where the CPU has no bf16 instructions: bf16 linears then run as fp32 GEMMs with
+    casts (cpu_linear.bf16_via_fp32), which the native stack does not call."""
+    from inferd.kernels.cpu_linear import bf16_via_fp32
 
-    from inferd.kernels.cpu_linear import packing_supported
-
-    if not packing_supported(torch.bfloat16, torch.device("cpu")):
-        pytest.skip("this CPU has no native bf16, so oneDNN does not pack bf16 linears (no native stack for them)")
+    if bf16_via_fp32():
+        pytest.skip("this CPU has no native bf16: bf16 linears run as fp32 GEMMs, outside the native stack")

@@ -29,7 +29,7 @@ def test_matches_plain_linear(dtype, bias, shape):
     ref = (x.double() @ linear.weight.double().T + (linear.bias.double() if bias else 0))
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     assert torch.allclose(packed(x).double(), ref, atol=tol * ref.abs().max().item(), rtol=0)
-    assert torch.equal(packed.packed_weight.to_dense(), linear.weight.detach())
+    assert torch.equal(packed.packed_weight.to_dense().to(dtype), linear.weight.detach())
     assert packed(torch.randn(2, 3, shape[1]).to(dtype)).shape == (2, 3, shape[0])
 
 

@@ -19,8 +19,9 @@ from inferd.quant import (
 from inferd.quant import linear as qlinear
 from tests.quant.reference import BF16_U, magnitude, reference_and_bound
 
-# 1/3/7/33 tokens hit the kernels (AMX from 8/16 rows where the CPU has it); 64 (int8 in rows,
-# where VNNI is missing) and 400 hit the dequant+GEMM paths.
+# 1/3/7/33 tokens hit the kernels (AMX from 8/16 rows where the CPU has it); 64 (int8 in rows
+# on inferd's row kernel) and 400 (tiles) hit the dequant+GEMM paths. torch's kernels, where
+# inferd's are not built, run every row count themselves (test_torch_fallback_rows.py).
 TOKENS = [1, 3, 7, 33, 64, 400]
 # (in_features, out_features): N = 80 and 48 leave partial 64-row blocks in the CPU int4 layout.
 SHAPES = [(128, 80), (192, 48), (256, 128)]
@@ -99,8 +100,10 @@ def test_int4_module_dequantize_is_the_format_with_its_layouts_scales() -> None:
         assert (err <= 2.0**-11 * ((q * scale).abs() + low) * 1.01 + 1e-9).all()
     else:  # tinygemm: scale and zero rounded to bf16 once each
         assert (err <= 2 * BF16_U * magnitude(weight) + 1e-7).all()
-    assert module._unpackable  # so batches >= CPU_INT4_DEQUANT_FROM take dequant + GEMM
-    assert qlinear.CPU_INT4_DEQUANT_FROM <= max(TOKENS)
+    assert module._unpackable
+    # Inferd's tiles take dequant + GEMM from CPU_TILES_DEQUANT_FROM rows (tested by TOKENS);
+    # torch's int4 kernel runs every row count itself.
+    assert qlinear.CPU_TILES_DEQUANT_FROM <= max(TOKENS)
 
 
 def test_weight_bytes_and_repr() -> None:
