@@ -10,7 +10,10 @@ pinned by tests), which batch-invariant greedy decoding relies on.
 
 from __future__ import annotations
 
+import functools
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from inferd.kernels.native_stack import PACKED, NativeLinear
@@ -24,12 +27,22 @@ def packing_supported(dtype: torch.dtype, device: torch.device) -> bool:
     return dtype in (torch.float32, torch.bfloat16)
 
 
+@functools.cache
 def bf16_via_fp32() -> bool:
     """Whether bf16 linears run as fp32 GEMMs here: without bf16 instructions (AVX2 CPUs)
     torch emulates bf16 matmuls at a fraction of fp32's speed (46 against 166 tok/s at batch
     32 on a Zen 3). bf16 values are exact in fp32 and bf16 GEMMs accumulate in fp32 anyway;
     only the order of the sums may differ. Costs twice the float weights' memory."""
     return not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T for a weight made on the fly (a quantized layer's dequantized copy, for
+    prefill-sized batches): bf16 runs as an fp32 GEMM where the CPU has no bf16 instructions
+    (see `bf16_via_fp32`: torch's emulated bf16 GEMMs ran 3-4x slower on a Zen 3), else as it is."""
+    if x.device.type == "cpu" and x.dtype == torch.bfloat16 and bf16_via_fp32():
+        return F.linear(x.float(), weight.float()).to(torch.bfloat16)
+    return F.linear(x, weight)
 
 
 # oneDNN's bf16 AMX matmul may split K across threads for some row counts (on a 2-core Xeon:

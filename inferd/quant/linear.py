@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from inferd.kernels import cpu_ops, native_stack
+from inferd.kernels.cpu_linear import dense_linear
 from inferd.kernels.native_stack import NativeLinear
 from inferd.quant import kernels
 from inferd.quant.formats import (
@@ -202,7 +203,7 @@ class Int8Linear(_QuantLinear):
         x2 = self._prepare(x)
         if self.tile_group is not None:
             if x2.shape[0] >= self._dequant_from:
-                y = F.linear(x2, kernels.int8_tiles_dequantize(self.tiles, self.compute_dtype))
+                y = dense_linear(x2, kernels.int8_tiles_dequantize(self.tiles, self.compute_dtype))
             else:
                 y = kernels.int8_tiles_mm(x2, self.tiles)
         elif self.two_plane:
@@ -290,7 +291,7 @@ class Int4Linear(_QuantLinear):
         if x2.shape[0] >= self._dequant_from:
             w = kernels.int4_dequantize_cpu(self.qweight, self.out_features, self.in_features,
                                             self.group_size, self.scale_zeros, torch.bfloat16)
-            y = F.linear(x2, w)
+            y = dense_linear(x2, w)
         else:
             y = kernels.int4_mm(x2, self.qweight, self.group_size, self.scale_zeros)
         return self._finish(y, x)
@@ -355,7 +356,7 @@ class Fp8Linear(_QuantLinear):
             y = kernels.fp8_mm_cpu(x2, self.qweight, self.scale)
             if y is None:
                 # torch's own fp8 -> bf16 cast is scalar on CPU; the bit-moving one is vectorised.
-                y = F.linear(x2, kernels.fp8_to_bf16(self.qweight)) * self.scale
+                y = dense_linear(x2, kernels.fp8_to_bf16(self.qweight)) * self.scale
         else:
             y = F.linear(x2, self.qweight.to(self.compute_dtype)) * self.scale
         return self._finish(y, x)

@@ -24,12 +24,12 @@ def mixed_batch(llm: LLM) -> tuple[list[list[int]], list[SamplingParams]]:
     prompts, params = [], []
     for i in range(32):
         topic = TOPICS[i % len(TOPICS)]
-        detail = " Please be detailed and mention history, people and places." * (i % 3)
+        detail = " Please be detailed and mention history, people and places." * (i % 5)
         prompts.append(llm.tokenizer.encode_chat([{"role": "user", "content": f"Tell me about {topic}.{detail}"}]))
         if i % 3 == 2:
             params.append(SamplingParams(temperature=0.9, top_p=0.95, max_tokens=8 + i, seed=i))
         else:
-            params.append(SamplingParams(temperature=0, max_tokens=16 + i % 9, ignore_eos=True))
+            params.append(SamplingParams(temperature=0, max_tokens=24 + i % 9, ignore_eos=True))
     return prompts, params
 
 
