@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from inferd.kernels import cpu_ops, native_stack
-from inferd.kernels.cpu_linear import dense_linear
+from inferd.kernels.cpu_linear import bf16_via_fp32, dense_linear
 from inferd.kernels.native_stack import NativeLinear
 from inferd.quant import kernels
 from inferd.quant.formats import (
@@ -45,6 +45,17 @@ from inferd.quant.formats import (
 CPU_TILES_DEQUANT_FROM = 384
 CPU_INT8_DEQUANT_FROM = 24
 CPU_INT8_DEQUANT_MAX_WEIGHTS = 1 << 22
+
+
+def tiles_dequant_from() -> int:
+    """Rows from which inferd's tile layouts run dequant + GEMM on the kernels in use. Never on
+    the AVX2 kernels where bf16 is not native: there a tile is widened once per call and every
+    row reuses it (tiles_avx2.h), which ran 1.3-1.6x faster than dequant + fp32 GEMM at 384 and
+    512 rows on a Zen 3 (one thread, SmolLM2's GEMM shapes), and one kernel at every row count
+    keeps greedy output batch-invariant for any step size."""
+    if cpu_ops.level() == "avx2" and bf16_via_fp32():
+        return 1 << 30
+    return CPU_TILES_DEQUANT_FROM
 
 
 def default_compute_dtype(device: torch.device, weight_dtype: torch.dtype) -> torch.dtype:
@@ -126,7 +137,7 @@ class Int8Linear(_QuantLinear):
 
     CPU with AVX-512 VNNI: inferd's int8 tile kernel (`kernels.int8_tiles_mm`, fp16 scales per
     group: GGUF Q8_0's own values exactly; per-channel scales repeated per group; AMX for
-    batches), dequant + bf16 GEMM from CPU_TILES_DEQUANT_FROM tokens on. Other CPUs with
+    batches), dequant + bf16 GEMM from `tiles_dequant_from()` tokens on. Other CPUs with
     per-channel scales: inferd's row kernel (`int8_mm_cpu`), dequant from CPU_INT8_DEQUANT_FROM;
     without native kernels torch's `_weight_int8pack_mm` at every row count (batch invariance).
     Group-wise scales elsewhere, and all int8 on CUDA (where torch's
@@ -192,7 +203,7 @@ class Int8Linear(_QuantLinear):
         small = self.in_features * self.out_features <= CPU_INT8_DEQUANT_MAX_WEIGHTS
         if not small:
             return 1 << 30
-        return CPU_TILES_DEQUANT_FROM if self.tile_group is not None else CPU_INT8_DEQUANT_FROM
+        return tiles_dequant_from() if self.tile_group is not None else CPU_INT8_DEQUANT_FROM
 
     @property
     def tiles(self) -> kernels.Int8Tiles | None:
@@ -284,7 +295,7 @@ class Int4Linear(_QuantLinear):
     def _dequant_from(self) -> int:
         """Rows from which a CPU call runs dequant + bf16 GEMM: inferd's tiles only; torch's
         `_weight_int4pack_mm_for_cpu` runs every row count itself (batch invariance)."""
-        return CPU_TILES_DEQUANT_FROM if kernels.native_int4_applies(self.qweight) else 1 << 30
+        return tiles_dequant_from() if kernels.native_int4_applies(self.qweight) else 1 << 30
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = self._prepare(x)

@@ -140,3 +140,28 @@ def test_bad_shapes_and_inputs() -> None:
     module.packed_for = "cuda"  # as if built on a GPU, then handed CPU tensors
     with pytest.raises(RuntimeError, match="packed for cuda"):
         module(torch.randn(3, 64))
+
+
+def test_tile_layouts_switch_to_dequant_only_where_the_gemm_is_faster(monkeypatch) -> None:
+    # The AVX2 tile kernels beat dequant + fp32 GEMM at every measured row count where bf16 is
+    # emulated, so they never switch; elsewhere prefill-sized calls dequantize.
+    monkeypatch.setattr(qlinear.cpu_ops, "level", lambda: "avx2")
+    monkeypatch.setattr(qlinear, "bf16_via_fp32", lambda: True)
+    assert qlinear.tiles_dequant_from() == 1 << 30
+    monkeypatch.setattr(qlinear, "bf16_via_fp32", lambda: False)
+    assert qlinear.tiles_dequant_from() == qlinear.CPU_TILES_DEQUANT_FROM
+    monkeypatch.setattr(qlinear.cpu_ops, "level", lambda: "avx512_vnni")
+    assert qlinear.tiles_dequant_from() == qlinear.CPU_TILES_DEQUANT_FROM
+
+
+@pytest.mark.parametrize("make", [lambda lin: Int4Linear.from_linear(lin, group_size=32, symmetric=False),
+                                  lambda lin: Int8Linear.from_linear(lin)])
+def test_rows_in_the_largest_kernel_call_equal_rows_alone(make) -> None:
+    # Up to the switch (on AVX2 without native bf16: any row count) one kernel computes each row
+    # on its own, so a row's result does not depend on how many rows share the call.
+    module = make(_linear(256, 128))
+    rows = min(512, qlinear.tiles_dequant_from() - 1)
+    x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    together = module(x)
+    for r in (0, rows // 2, rows - 1):
+        assert torch.equal(together[r:r + 1], module(x[r:r + 1]))

@@ -73,10 +73,35 @@ inline void fold_pairs(const __m256i (&acc)[4], __m256i& rows0, __m256i& rows8) 
   rows8 = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[2], acc[3]), 0xd8);
 }
 
-// R rows of x (from row r0) against T consecutive tiles from tile t0, either layout.
-template <bool INT4, int R, int T>
+// A tile's codes widened to int16, as avx2_tiles unpacks them: per 64-byte chunk and per
+// sixteen bytes v of it, the low-nibble (or, int8, the only) sixteen int16s, then for int4 the
+// high-nibble sixteen. Batches of many rows widen each tile once and reuse it for every row,
+// which leaves the inner loop one multiply-add and one add per sixteen products.
+template <bool INT4>
+constexpr int64_t wide_per_chunk() { return INT4 ? 128 : 64; }
+
+template <bool INT4>
+inline void widen_tile(const uint8_t* tile, int64_t chunks, int16_t* wide) {
+  const __m128i low4 = _mm_set1_epi8(0x0f);
+  for (int64_t ch = 0; ch < chunks; ++ch)
+    for (int v = 0; v < 4; ++v) {
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(tile + ch * 64 + 16 * v));
+      __m256i* out = reinterpret_cast<__m256i*>(wide + ch * wide_per_chunk<INT4>()) + (INT4 ? 2 : 1) * v;
+      if constexpr (INT4) {
+        _mm256_storeu_si256(out, _mm256_cvtepu8_epi16(_mm_and_si128(bytes, low4)));
+        _mm256_storeu_si256(out + 1, _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(bytes, 4), low4)));
+      } else {
+        _mm256_storeu_si256(out, _mm256_cvtepu8_epi16(bytes));
+      }
+    }
+}
+
+// R rows of x (from row r0) against T consecutive tiles from tile t0, either layout. WIDE: codes
+// is one tile widened by widen_tile (T == 1), read instead of unpacking the bytes.
+template <bool INT4, int R, int T, bool WIDE = false>
 inline void avx2_tiles(const QuantizedRows& q, int64_t r0, const uint8_t* codes, const c10::Half* sc, int64_t k,
-                       int64_t group, int64_t t0, BFloat16* y, int64_t n) {
+                       int64_t group, int64_t t0, BFloat16* y, int64_t n, const int16_t* wide = nullptr) {
+  static_assert(!WIDE || T == 1, "a widened tile is one tile");
   constexpr int64_t KC = INT4 ? 8 : 4;  // k values per 64-byte chunk
   const int64_t groups = k / group, chunks = k / KC, per_group = group / KC;
   const __m128i low4 = _mm_set1_epi8(0x0f);
@@ -102,21 +127,27 @@ inline void avx2_tiles(const QuantizedRows& q, int64_t r0, const uint8_t* codes,
         }
       }
       for (int t = 0; t < T; ++t) {
-        const int64_t ahead = ch + PREFETCH_CHUNKS;
-        _mm_prefetch(reinterpret_cast<const char*>(ahead < chunks ? c[t] + ahead * 64
-                                                                  : c[t] + (T * chunks + ahead - chunks) * 64),
-                     _MM_HINT_T1);
+        if constexpr (!WIDE) {
+          const int64_t ahead = ch + PREFETCH_CHUNKS;
+          _mm_prefetch(reinterpret_cast<const char*>(ahead < chunks ? c[t] + ahead * 64
+                                                                    : c[t] + (T * chunks + ahead - chunks) * 64),
+                       _MM_HINT_T1);
+        }
         const uint8_t* p = c[t] + ch * 64;
+        const __m256i* wp = reinterpret_cast<const __m256i*>(wide + ch * wide_per_chunk<INT4>());
         for (int v = 0; v < 4; ++v) {  // rows 4v..4v+3: sixteen bytes
-          const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * v));
+          __m128i bytes = _mm_setzero_si128();
+          if constexpr (!WIDE) bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * v));
           if constexpr (INT4) {
-            const __m256i a = _mm256_cvtepu8_epi16(_mm_and_si128(bytes, low4));                     // k0 .. k0+3
-            const __m256i b = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(bytes, 4), low4));  // k0+4 .. k0+7
+            // k0 .. k0+3 (low nibbles), k0+4 .. k0+7 (high nibbles)
+            const __m256i a = WIDE ? _mm256_loadu_si256(wp + 2 * v) : _mm256_cvtepu8_epi16(_mm_and_si128(bytes, low4));
+            const __m256i b = WIDE ? _mm256_loadu_si256(wp + 2 * v + 1)
+                                   : _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(bytes, 4), low4));
             for (int r = 0; r < R; ++r)
               dot[r][t][v] = _mm256_add_epi32(dot[r][t][v], _mm256_add_epi32(_mm256_madd_epi16(a, xb[r][0]),
                                                                               _mm256_madd_epi16(b, xb[r][1])));
           } else {
-            const __m256i a = _mm256_cvtepu8_epi16(bytes);  // q + 128, k0 .. k0+3
+            const __m256i a = WIDE ? _mm256_loadu_si256(wp + v) : _mm256_cvtepu8_epi16(bytes);  // q + 128, k0 .. k0+3
             for (int r = 0; r < R; ++r) dot[r][t][v] = _mm256_add_epi32(dot[r][t][v], _mm256_madd_epi16(a, xb[r][0]));
           }
         }
@@ -156,12 +187,30 @@ inline void avx2_tiles(const QuantizedRows& q, int64_t r0, const uint8_t* codes,
     }
 }
 
+// From this many rows a tile is widened once (widen_tile) and every row pair reads it: the
+// unpacking then costs nothing per row. Fewer rows are bound by reading the weights.
+constexpr int64_t WIDEN_FROM_ROWS = 4;
+
 // Output tiles [begin, end) of x @ W.T for all `rows` rows of q, either layout, UNIT_TILES
 // tiles at a time with the rows in passes over them (after the first pass they are in cache).
-// Each tile's result is the same whichever range (thread) computes it.
+// Each tile's result is the same whichever range (thread) computes it, and the same integer
+// sums in the same order whether its codes are widened first or not.
 template <bool INT4>
 inline void tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* codes, const c10::Half* sc, int64_t k,
                        int64_t group, int64_t begin, int64_t end, BFloat16* y, int64_t n) {
+  constexpr int64_t KC = INT4 ? 8 : 4;
+  if (rows >= WIDEN_FROM_ROWS) {
+    static thread_local std::vector<int16_t> wide;
+    const int64_t chunks = k / KC;
+    wide.resize(chunks * wide_per_chunk<INT4>());
+    for (int64_t t = begin; t < end; ++t) {
+      widen_tile<INT4>(codes + t * chunks * 64, chunks, wide.data());
+      int64_t r0 = 0;
+      for (; r0 + 2 <= rows; r0 += 2) avx2_tiles<INT4, 2, 1, true>(q, r0, codes, sc, k, group, t, y, n, wide.data());
+      if (r0 < rows) avx2_tiles<INT4, 1, 1, true>(q, r0, codes, sc, k, group, t, y, n, wide.data());
+    }
+    return;
+  }
   for (int64_t first = begin; first < end; first += UNIT_TILES) {
     const int64_t last = std::min(end, first + UNIT_TILES);
     for (int64_t r0 = 0; r0 < rows; r0 += 2) {
