@@ -8,7 +8,8 @@
 // few activation rows (norms, residual adds, SiLU, quantizing x) is cheaper to repeat on every
 // thread than to share, so each thread keeps its own copy of the residual stream.
 //
-// The math is the ops' own (row_kernels.h, quant_kernels.h), and every output element is
+// The order of operations is decoder_layers.h's, shared with decoder_stack.cpp; the math is
+// the ops' own (row_kernels.h, quant_kernels.h), and every output element is
 // computed by exactly one thread in the same order as the op computes it, so the result is
 // bitwise decoder_stack's (tested). Serves bf16 activations with int4 / int8 / fp8 linears and at
 // most TEAM_MAX_ROWS rows; anything else stays on decoder_stack.cpp's per-op path.
@@ -26,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "decoder_layers.h"
 #include "quant_kernels.h"
 #include "row_kernels.h"
 #if defined(__x86_64__) || defined(__i386__)
@@ -237,6 +239,97 @@ Attend attend_for(int64_t d) {
   }
 }
 
+// decoder_layers.h's operations as one team thread runs them: its share of every shared phase
+// (matmul output rows, cache writes, attention heads), then a barrier; its own copy of the
+// elementwise work on the residual stream.
+struct TeamExecutor {
+  // The step, shared by the team (read-only here).
+  const Linear* lin;
+  const std::vector<const BFloat16*>& norms;
+  int64_t t, rows, hidden, inter, q_width, qkv_width, num_heads, kv_heads, group, d, window, width, block_size;
+  double eps;
+  float attn_scale;
+  Attend attend;
+  const int64_t *sp, *tp, *lp;
+  const BFloat16 *cp, *snp;
+  BFloat16* const* kc;
+  BFloat16* const* vc;
+  // Shared activations: each element written by one thread in a phase, read after a barrier.
+  BFloat16 *qkv, *q, *attn, *o, *gate_up, *down;
+  BFloat16* x_io;
+  BFloat16* out;
+  SpinBarrier& barrier;
+  WorkQueue& queue;
+  // This thread's.
+  int tid;
+  Scratch& s;
+
+  BFloat16* res() { return s.residual.data(); }
+  BFloat16* xn() { return s.normed.data(); }
+  void add_norm_rows(const BFloat16* add, const BFloat16* w) {
+    for (int64_t r = 0; r < t; ++r) {
+      if (add != nullptr) inferd_rows::add_row(res() + r * hidden, add + r * hidden, hidden);
+      inferd_rows::rms_norm_row(res() + r * hidden, w, xn() + r * hidden, hidden, eps);
+    }
+  }
+
+  void first_norm() { add_norm_rows(nullptr, norms[0]); }
+  void add_norm(int64_t l, int norm, int from) {
+    add_norm_rows(from == inferd_layers::DOWN ? down : o, norms[2 * l + norm]);
+  }
+  void linear(int64_t l, int slot) {
+    using namespace inferd_layers;
+    static constexpr int64_t phase_of[4] = {0, 3, 4, 5};  // qkv, kv, attention, o, gate_up, down
+    const BFloat16* in = slot == O ? attn : slot == DOWN ? s.act.data() : xn();
+    const int64_t in_width = slot == O ? q_width : slot == DOWN ? inter : hidden;
+    BFloat16* y = slot == QKV ? qkv : slot == O ? o : slot == GATE_UP ? gate_up : down;
+    linear_share(lin[4 * l + slot], in, t, in_width, y, s, queue, 6 * l + phase_of[slot], tid);
+    barrier.wait();
+  }
+  // Keys and values into the cache (rope_write_kv's part), one (row, kv head) per task; the
+  // queries are rotated by the attention tasks.
+  void rope_write_kv(int64_t l) {
+    queue.run(6 * l + 1, t * kv_heads, 1, tid, [&](int64_t task, int64_t) {
+      const int64_t r = task / kv_heads, h = task % kv_heads;
+      if (sp[r] < 0) return;
+      const BFloat16* kin = qkv + r * qkv_width + q_width + h * d;
+      inferd_rows::rope_head(kin, cp + r * d, snp + r * d, kc[l] + (sp[r] * kv_heads + h) * d, d);
+      std::copy(kin + kv_heads * d, kin + kv_heads * d + d, vc[l] + (sp[r] * kv_heads + h) * d);
+    });
+    barrier.wait();
+  }
+  // One (row, query head) per task: rotate the query, then attend its prefix.
+  void attention(int64_t l) {
+    queue.run(6 * l + 2, t * num_heads, 1, tid, [&](int64_t task, int64_t) {
+      const int64_t r = task / num_heads, j = task % num_heads, h = j / group;
+      BFloat16* dst = attn + r * q_width + j * d;
+      if (r >= rows) {  // padding rows attend nothing
+        std::fill(dst, dst + d, BFloat16(0.f));
+        return;
+      }
+      BFloat16* qj = q + r * q_width + j * d;
+      inferd_rows::rope_head(qkv + r * qkv_width + j * d, cp + r * d, snp + r * d, qj, d);
+      const int64_t hi = lp[r], lo = window > 0 ? std::max<int64_t>(0, hi - window) : 0;
+      s.attention.resize((hi - lo) + d);
+      // The kernel indexes query and output by kv head h; shift both so that lands on head j.
+      attend(qj - h * d, kc[l], vc[l], tp + r * width, block_size, kv_heads, h, h + 1, lo, hi, attn_scale,
+             s.attention.data(), dst - h * d);
+    });
+    barrier.wait();
+  }
+  void silu_mul(int64_t) {
+    for (int64_t r = 0; r < t; ++r)
+      inferd_rows::silu_mul_row(gate_up + r * 2 * inter, gate_up + r * 2 * inter + inter, s.act.data() + r * inter,
+                                inter);
+  }
+  void final_norm() {  // the per-op path leaves the final residual in x and returns the normed rows
+    if (tid != 0) return;
+    add_norm_rows(down, norms.back());
+    std::copy(res(), res() + t * hidden, x_io);
+    std::copy(xn(), xn() + t * hidden, out);
+  }
+};
+
 }  // namespace
 
 bool serves(const Tensor& x, at::IntArrayRef layout, int64_t max_rows) {
@@ -352,68 +445,15 @@ Tensor decoder_stack(const Tensor& x_in, const c10::List<std::optional<Tensor>>&
       barrier.reset(team);
       queue_of_team = std::make_unique<WorkQueue>(layers * 6, team);  // qkv, kv, attention, o, gate_up, down
     }  // the single's implicit barrier publishes both
-    WorkQueue& queue = *queue_of_team;
     Scratch& s = scratch();
     s.residual.assign(x_io, x_io + t * hidden);
     s.normed.resize(t * hidden);
     s.act.resize(t * inter);
-    BFloat16* res = s.residual.data();
-    BFloat16* xn = s.normed.data();
-    auto add_norm = [&](const BFloat16* add, const BFloat16* w) {
-      for (int64_t r = 0; r < t; ++r) {
-        if (add != nullptr) inferd_rows::add_row(res + r * hidden, add + r * hidden, hidden);
-        inferd_rows::rms_norm_row(res + r * hidden, w, xn + r * hidden, hidden, eps);
-      }
-    };
-    add_norm(nullptr, norms[0]);
-    for (int64_t l = 0; l < layers; ++l) {
-      const Linear* L = lin.data() + 4 * l;
-      const int64_t phase = 6 * l;
-      if (l > 0) add_norm(down, norms[2 * l]);
-      linear_share(L[0], xn, t, hidden, qkv, s, queue, phase, tid);
-      barrier.wait();
-      // Keys and values into the cache (rope_write_kv's part), one (row, kv head) per task.
-      queue.run(phase + 1, t * kv_heads, 1, tid, [&](int64_t task, int64_t) {
-        const int64_t r = task / kv_heads, h = task % kv_heads;
-        if (sp[r] < 0) return;
-        const BFloat16* kin = qkv + r * qkv_width + q_width + h * d;
-        inferd_rows::rope_head(kin, cp + r * d, snp + r * d, kc[l] + (sp[r] * kv_heads + h) * d, d);
-        std::copy(kin + kv_heads * d, kin + kv_heads * d + d, vc[l] + (sp[r] * kv_heads + h) * d);
-      });
-      barrier.wait();
-      // Attention, one (row, query head) per task: rotate the query, then attend its prefix.
-      queue.run(phase + 2, t * num_heads, 1, tid, [&](int64_t task, int64_t) {
-        const int64_t r = task / num_heads, j = task % num_heads, h = j / group;
-        BFloat16* dst = attn + r * q_width + j * d;
-        if (r >= rows) {  // padding rows attend nothing
-          std::fill(dst, dst + d, BFloat16(0.f));
-          return;
-        }
-        BFloat16* qj = q + r * q_width + j * d;
-        inferd_rows::rope_head(qkv + r * qkv_width + j * d, cp + r * d, snp + r * d, qj, d);
-        const int64_t hi = lp[r], lo = window > 0 ? std::max<int64_t>(0, hi - window) : 0;
-        s.attention.resize((hi - lo) + d);
-        // The kernel indexes query and output by kv head h; shift both so that lands on head j.
-        attend(qj - h * d, kc[l], vc[l], tp + r * width, block_size, kv_heads, h, h + 1, lo, hi, attn_scale,
-               s.attention.data(), dst - h * d);
-      });
-      barrier.wait();
-      linear_share(L[1], attn, t, q_width, o, s, queue, phase + 3, tid);
-      barrier.wait();
-      add_norm(o, norms[2 * l + 1]);
-      linear_share(L[2], xn, t, hidden, gate_up, s, queue, phase + 4, tid);
-      barrier.wait();
-      for (int64_t r = 0; r < t; ++r)
-        inferd_rows::silu_mul_row(gate_up + r * 2 * inter, gate_up + r * 2 * inter + inter, s.act.data() + r * inter,
-                                  inter);
-      linear_share(L[3], s.act.data(), t, inter, down, s, queue, phase + 5, tid);
-      barrier.wait();
-    }
-    if (tid == 0) {  // the per-op path leaves the final residual in x and returns the normed rows
-      add_norm(down, norms.back());
-      std::copy(res, res + t * hidden, x_io);
-      std::copy(xn, xn + t * hidden, out.mutable_data_ptr<BFloat16>());
-    }
+    TeamExecutor e{lin.data(), norms, t, rows, hidden, inter, q_width, qkv_width, num_heads, kv_heads, group, d,
+                   window, width, block_size, eps, attn_scale, attend, sp, tp, lp, cp, snp, kc.data(), vc.data(),
+                   qkv, q, attn, o, gate_up, down, x_io, out.mutable_data_ptr<BFloat16>(), barrier,
+                   *queue_of_team, tid, s};
+    inferd_layers::run_decoder_layers(e, layers);
   }
   return out;
 }

@@ -1,7 +1,7 @@
 // The whole decoder stack of a Llama-family model for one CPU step, in one call from Python.
 //
 // It runs exactly the ops the model's fused Python path runs (inferd/model/llama.py), in the same
-// order and through the same kernels (looked up once in torch's dispatcher), so its result is
+// order (decoder_layers.h, shared with decode_team.cpp) and through the same kernels (looked up once in torch's dispatcher), so its result is
 // bitwise that path's; what it removes is Python between the kernels: module calls, attribute
 // lookups and argument parsing, about 2 ms a step at batch 1, and the gaps they leave between
 // weight reads. inferd/kernels/native_stack.py builds the arguments and decides when it applies.
@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "decode_team.h"
+#include "decoder_layers.h"
 
 namespace {
 
@@ -78,7 +79,7 @@ Tensor weight_at(const c10::List<std::optional<Tensor>>& w, int64_t i) {
 }
 
 // One linear layer, as its Python module's forward computes it for these rows.
-Tensor linear(int64_t kind, int64_t group, const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& x) {
+Tensor run_linear(int64_t kind, int64_t group, const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& x) {
   const Kernels& k = kernels();
   Tensor y;
   switch (kind) {
@@ -98,6 +99,60 @@ Tensor linear(int64_t kind, int64_t group, const Tensor& a, const Tensor& b, con
   return bias.defined() ? y + bias : y;
 }
 
+// decoder_layers.h's operations, one torch op each, on the step's activation tensors.
+struct PerOpExecutor {
+  const c10::List<std::optional<Tensor>>& weights;
+  at::IntArrayRef layout;
+  double eps, scale;
+  int64_t num_heads, head_dim, window;
+  const Tensor& cos;
+  const Tensor& sin_signed;
+  at::TensorList kv_caches;
+  const Tensor& slots;
+  const Tensor& tables;
+  const Tensor& lens;
+  int64_t layers;
+  Tensor residual, normed, qkv, q, attn, o, gate_up, act, down;
+
+  Tensor weight(int64_t i) const { return weight_at(weights, i); }
+
+  void first_norm() {
+    normed = at::empty_like(residual);
+    kernels().rms_norm.call(normed, residual, weight(0), eps);
+  }
+  void add_norm(int64_t l, int norm, int from) {  // in place: `from` becomes the normed rows
+    Tensor& x = from == inferd_layers::DOWN ? down : o;
+    kernels().add_rms_norm.call(x, residual, weight(l * PER_LAYER + norm), eps);
+    normed = x;
+  }
+  void linear(int64_t l, int slot) {
+    using namespace inferd_layers;
+    const int64_t* lay = layout.data() + l * 8;
+    const int64_t base = l * PER_LAYER + 2 + 3 * slot;
+    const Tensor& in = slot == QKV || slot == GATE_UP ? normed : slot == O ? attn : act;
+    Tensor y = run_linear(lay[2 * slot], lay[2 * slot + 1], weight(base), weight(base + 1), weight(base + 2), in);
+    (slot == QKV ? qkv : slot == O ? o : slot == GATE_UP ? gate_up : down) = y;
+  }
+  void rope_write_kv(int64_t l) {
+    Tensor kc = kv_caches[2 * l], vc = kv_caches[2 * l + 1];
+    q = kernels().rope_write_kv.call(qkv, cos, sin_signed, kc, vc, slots, num_heads);
+  }
+  void attention(int64_t l) {
+    const int64_t t = q.size(0), rows = lens.size(0);
+    Tensor out = at::empty_like(q);
+    if (rows < t) out.narrow(0, rows, t - rows).zero_();  // padding rows
+    Tensor real = out.narrow(0, 0, rows);
+    kernels().attention.call(real, q.narrow(0, 0, rows), kv_caches[2 * l], kv_caches[2 * l + 1], tables, lens, scale,
+                             window);
+    attn = out.view({t, num_heads * head_dim});
+  }
+  void silu_mul(int64_t) { act = kernels().silu_and_mul.call(gate_up); }
+  void final_norm() {
+    kernels().add_rms_norm.call(down, residual, weight(layers * PER_LAYER), eps);
+    normed = down;
+  }
+};
+
 // x: the embeddings [T, hidden], which become the first residual (updated in place, as the
 // Python path does). Returns the final-normed hidden states [T, hidden]. Steps of at most
 // max_team_rows rows on quantized linears run on one thread team instead (decode_team.cpp).
@@ -113,32 +168,11 @@ Tensor decoder_stack(const Tensor& x_in, const c10::List<std::optional<Tensor>>&
     return inferd_team::decoder_stack(x_in, weights, layout, eps, scale, num_heads, head_dim, window, cos,
                                       sin_signed, kv_caches, slots, tables, lens);
   }
-  const Kernels& k = kernels();
-  const int64_t t = x_in.size(0), rows = lens.size(0);
-  Tensor residual = x_in, x = at::empty_like(x_in);
-  k.rms_norm.call(x, x_in, weight_at(weights, 0), eps);
-  for (int64_t l = 0; l < layers; ++l) {
-    const int64_t w0 = l * PER_LAYER;
-    const int64_t* lay = layout.data() + l * 8;
-    auto run = [&](int i, const Tensor& in) {
-      const int64_t base = w0 + 2 + 3 * i;
-      return linear(lay[2 * i], lay[2 * i + 1], weight_at(weights, base), weight_at(weights, base + 1),
-                    weight_at(weights, base + 2), in);
-    };
-    if (l > 0) k.add_rms_norm.call(x, residual, weight_at(weights, w0), eps);
-    Tensor kc = kv_caches[2 * l], vc = kv_caches[2 * l + 1];
-    const Tensor qkv = run(0, x);
-    const Tensor q = k.rope_write_kv.call(qkv, cos, sin_signed, kc, vc, slots, num_heads);
-    Tensor out = at::empty_like(q);
-    if (rows < t) out.narrow(0, rows, t - rows).zero_();  // padding rows
-    Tensor real = out.narrow(0, 0, rows);
-    k.attention.call(real, q.narrow(0, 0, rows), kc, vc, tables, lens, scale, window);
-    Tensor o = run(1, out.view({t, num_heads * head_dim}));
-    k.add_rms_norm.call(o, residual, weight_at(weights, w0 + 1), eps);
-    x = run(3, k.silu_and_mul.call(run(2, o)));
-  }
-  k.add_rms_norm.call(x, residual, weight_at(weights, layers * PER_LAYER), eps);
-  return x;
+  PerOpExecutor e{weights, layout, eps,   scale,  num_heads, head_dim, window,
+                  cos,     sin_signed, kv_caches, slots, tables, lens, layers};
+  e.residual = x_in;
+  inferd_layers::run_decoder_layers(e, layers);
+  return e.normed;
 }
 
 }  // namespace
