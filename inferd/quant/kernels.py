@@ -299,7 +299,10 @@ def int8_mm_cpu(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> 
 # ---- fp8 ---------------------------------------------------------------------------------------
 
 _TWO_POW_120 = 2.0**120
-# Up to this many rows inferd's fp8 kernel beats widening the weight to bf16 for one GEMM.
+# Up to this many rows inferd's fp8 kernel beats widening the weight to bf16 for one GEMM. The
+# switch makes a row's result depend on whether its step crossed it (greedy fp8 output is not
+# batch-invariant for steps of more rows); on a Zen 3 the kernel at 128-1024 rows took 1.2-2x the
+# GEMM's time, so closing that gap needs a kernel that decodes each weight block once per call.
 CPU_FP8_NATIVE_MAX_ROWS = 32
 
 
