@@ -5,11 +5,15 @@ The engine only ever sees token ids; this wrapper is what the API layers and the
 
 from __future__ import annotations
 
+import json
+from functools import cached_property
 from typing import Any
 
 from inferd.model.arch import ArchConfig
 
 Message = dict[str, Any]
+# Normalizers that never shrink text, so a token still covers at most its own bytes of input.
+_NON_SHRINKING_NORMALIZERS = {"Prepend", "Replace", "NFD", "NFKD"}
 
 
 class Tokenizer:
@@ -38,6 +42,28 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self.hf.encode(text, add_special_tokens=add_special_tokens))
 
+    @cached_property
+    def max_token_bytes(self) -> int | None:
+        """The most input bytes one token can stand for, or None where that is not knowable
+        (a normalizer that may delete text). Lets a prompt be refused as too long before it is
+        tokenized: a text of B bytes needs at least B / max_token_bytes tokens."""
+        backend = getattr(self.hf, "backend_tokenizer", None)
+        if backend is None:
+            return None
+        normalizer = json.loads(backend.to_str()).get("normalizer")
+        if not _non_shrinking(normalizer):
+            return None
+        # Vocabulary strings over-count bytes (byte-level and SentencePiece markers are 2-3 UTF-8
+        # bytes for one input byte), which only makes the bound looser.
+        return max((len(t.encode("utf-8")) for t in self.hf.get_vocab()), default=0) or None
+
+    def min_tokens(self, text: str) -> int:
+        """A lower bound on len(encode(text)) computed without tokenizing (0 when unknown)."""
+        per_token = self.max_token_bytes
+        if not per_token:
+            return 0
+        return -(-len(text.encode("utf-8", "surrogatepass")) // per_token)
+
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
 
@@ -56,3 +82,14 @@ class Tokenizer:
     def encode_chat(self, messages: list[Message], add_generation_prompt: bool = True) -> list[int]:
         # The template writes special tokens itself; adding them again would double the BOS.
         return self.encode(self.apply_chat_template(messages, add_generation_prompt), add_special_tokens=False)
+
+
+def _non_shrinking(normalizer: dict | None) -> bool:
+    if normalizer is None:
+        return True
+    kind = normalizer.get("type")
+    if kind == "Sequence":
+        return all(_non_shrinking(n) for n in normalizer.get("normalizers", []))
+    if kind == "Replace":
+        return bool(normalizer.get("content"))
+    return kind in _NON_SHRINKING_NORMALIZERS

@@ -2,7 +2,7 @@
 
 It wires the pieces and owns nothing else: OpenAI routes, tokenizer routes, /health, /version,
 /metrics (an own registry per app), the dashboard when present, error handlers, the API-key
-check and the drain gate. Engines are created and shut down by the caller (the CLI or a test).
+check, the request body cap and the drain gate. Engines are created and shut down by the caller (the CLI or a test).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from inferd import __version__
 from inferd.engine.async_engine import AsyncEngine
 from inferd.serve import openai, tokenizer_routes
 from inferd.serve.auth import APIKeyMiddleware
+from inferd.serve.body_limit import DEFAULT_MAX_REQUEST_BYTES, BodyLimitMiddleware
 from inferd.serve.errors import install_error_handlers
 from inferd.serve.metrics import ServerMetrics
 from inferd.serve.registry import ServedModels
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def build_app(engines: dict[str, AsyncEngine], *, api_key: str | None = None,
-              metrics_compat: str | None = None, drain: DrainState | None = None) -> FastAPI:
+              metrics_compat: str | None = None, drain: DrainState | None = None,
+              max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> FastAPI:
     """engines maps every served model name (aliases included) to its engine."""
     models = ServedModels(engines)
     metrics = ServerMetrics(metrics_compat)
@@ -66,7 +68,9 @@ def build_app(engines: dict[str, AsyncEngine], *, api_key: str | None = None,
     else:
         app.include_router(dashboard_router)
 
-    # Added last = outermost: the drain gate sees every request, then the key is checked.
+    # Added last = outermost: the drain gate sees every request, then the key is checked (a
+    # caller without the key is refused before its body is read), then the body is capped.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
     app.add_middleware(DrainMiddleware, state=drain)

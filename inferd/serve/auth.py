@@ -1,4 +1,5 @@
-"""Bearer-key check for the OpenAI routes (/v1/...): 401 in OpenAI's shape when wrong or missing.
+"""Bearer-key check for the routes that do work (/v1/..., /tokenize, /detokenize): 401 in OpenAI's
+shape when wrong or missing. Monitoring (/health, /metrics, /version) stays open.
 
 An ASGI middleware rather than a route dependency, so the key is checked before the body is read
 (a bad key never learns whether its JSON was valid). The key is compared in constant time and
@@ -14,6 +15,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from inferd.serve.errors import APIError
 
 PROTECTED_PREFIX = "/v1"
+# Tokenizing is model work that costs CPU in proportion to the body: not for anonymous callers.
+PROTECTED_PATHS = frozenset({"/tokenize", "/detokenize"})
 
 
 def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -37,7 +40,8 @@ class APIKeyMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if (scope["type"] == "http" and scope.get("method") != "OPTIONS"
-                and (path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/"))
+                and (path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")
+                     or path in PROTECTED_PATHS)
                 and not self._authorized(scope)):
             error = APIError(401, "invalid or missing API key: send 'Authorization: Bearer <key>'",
                              code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})

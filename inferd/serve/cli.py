@@ -13,6 +13,7 @@ import os
 import sys
 
 from inferd.engine_args import add_engine_args, engine_config_from_args
+from inferd.serve.body_limit import DEFAULT_MAX_REQUEST_BYTES
 
 log = logging.getLogger("inferd.serve")
 LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
@@ -32,6 +33,9 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
                    help="require 'Authorization: Bearer KEY' on /v1 routes (default: $INFERD_API_KEY)")
     s.add_argument("--metrics-compat", default=None, choices=["vllm"],
                    help="also publish /metrics series under vLLM's names")
+    s.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES, metavar="BYTES",
+                   help="refuse request bodies larger than this with 413 "
+                        f"(default {DEFAULT_MAX_REQUEST_BYTES})")
     s.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may take to finish")
     s.add_argument("--log-level", default="info", choices=LOG_LEVELS)
@@ -74,7 +78,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             for name in spec.names:
                 served[name] = engine
         drain = DrainState()
-        app = build_app(served, api_key=api_key, metrics_compat=args.metrics_compat, drain=drain)
+        app = build_app(served, api_key=api_key, metrics_compat=args.metrics_compat, drain=drain,
+                        max_request_bytes=args.max_request_bytes)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                 access_log=not args.disable_access_log, timeout_graceful_shutdown=2,
                                 lifespan="off")

@@ -25,6 +25,8 @@ _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "inva
           405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
           503: "service_unavailable"}
 
+_HTTP_CODES = {413: "request_too_large"}
+
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, *, param: str | None = None,
@@ -103,7 +105,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return APIError(exc.status_code, message, headers=getattr(exc, "headers", None)).response()
+        return APIError(exc.status_code, message, code=_HTTP_CODES.get(exc.status_code),
+                        headers=getattr(exc, "headers", None)).response()
 
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation)

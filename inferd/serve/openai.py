@@ -7,6 +7,7 @@ the scheduler or KV blocks; leaving early aborts the engine requests and the eng
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -44,12 +45,7 @@ from inferd.serve.streams import (
     sse,
     until_disconnected,
 )
-from inferd.serve.translate import (
-    chat_params,
-    chat_prompt_ids,
-    completion_params,
-    completion_prompts,
-)
+from inferd.serve.translate import chat_inputs, completion_inputs
 
 router = APIRouter(prefix="/v1")
 CLIENT_CLOSED = 499  # nginx's code for "client closed request"; nobody reads it
@@ -100,8 +96,8 @@ async def get_model(model: str, request: Request) -> ModelCard:
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     model = served(request).get(body.model)
     engine = model.engine
-    ids = chat_prompt_ids(engine, body.messages, body.add_generation_prompt is not False)
-    params = chat_params(body, engine, ids)
+    # Tokenizing a long prompt takes seconds; on the event loop it would stall every client.
+    ids, params = await asyncio.to_thread(chat_inputs, body, engine)
     rid = f"chatcmpl-{uuid.uuid4().hex}"
     sub = Submission(engine)
     await sub.add(rid, ids, params)
@@ -174,8 +170,7 @@ async def _chat_stream(sub: Submission, rid: str, model: str, n: int, prompt_len
 async def completions(body: CompletionRequest, request: Request):
     model = served(request).get(body.model)
     engine = model.engine
-    prompts = completion_prompts(engine, body.prompt)
-    params = [completion_params(body, engine, ids) for _, ids in prompts]
+    prompts, params = await asyncio.to_thread(completion_inputs, body, engine)
     rid = f"cmpl-{uuid.uuid4().hex}"
     sub = Submission(engine)
     for i, (_, ids) in enumerate(prompts):

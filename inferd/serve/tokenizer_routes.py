@@ -6,8 +6,11 @@ served model does, chat template included, without generating anything.
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 
+from inferd.engine.async_engine import AsyncEngine
 from inferd.serve.errors import bad_request
 from inferd.serve.protocol import (
     DetokenizeRequest,
@@ -16,7 +19,7 @@ from inferd.serve.protocol import (
     TokenizeResponse,
 )
 from inferd.serve.registry import ServedModels
-from inferd.serve.translate import chat_prompt_ids
+from inferd.serve.translate import chat_prompt_ids, encode_text
 
 router = APIRouter()
 
@@ -28,15 +31,20 @@ def _models(request: Request) -> ServedModels:
 @router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
     engine = _models(request).get(body.model).engine
-    tok = engine.tokenizer
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("send exactly one of 'prompt' or 'messages'", param="prompt")
+    # Off the event loop: a long text takes the tokenizer seconds.
+    return await asyncio.to_thread(_tokenize, body, engine)
+
+
+def _tokenize(body: TokenizeRequest, engine: AsyncEngine) -> TokenizeResponse:
+    tok = engine.tokenizer
     if body.messages is not None:
         ids = chat_prompt_ids(engine, body.messages, body.add_generation_prompt is not False)
         if body.add_special_tokens and tok.bos_token_id is not None and ids[:1] != [tok.bos_token_id]:
             ids = [tok.bos_token_id] + ids
     else:
-        ids = tok.encode(body.prompt, add_special_tokens=body.add_special_tokens is not False)
+        ids = encode_text(engine, body.prompt, "prompt", add_special_tokens=body.add_special_tokens is not False)
     strs = tok.convert_ids_to_tokens(ids) if body.return_token_strs else None
     return TokenizeResponse(tokens=ids, count=len(ids), max_model_len=engine.max_model_len, token_strs=strs)
 
@@ -48,7 +56,8 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeRes
     bad = [t for t in body.tokens if not 0 <= t < vocab]
     if bad:
         raise bad_request(f"token ids outside [0, {vocab}): {bad[:5]}", param="tokens")
-    return DetokenizeResponse(prompt=engine.tokenizer.decode(body.tokens, skip_special_tokens=False))
+    text = await asyncio.to_thread(engine.tokenizer.decode, body.tokens, skip_special_tokens=False)
+    return DetokenizeResponse(prompt=text)
 
 
 @router.get("/tokenizer_info")

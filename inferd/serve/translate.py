@@ -50,16 +50,47 @@ def message_dicts(messages: list[ChatMessage], param: str = "messages") -> list[
     return out
 
 
+def encode_text(engine: AsyncEngine, text: str, param: str, *, add_special_tokens: bool = True,
+                max_tokens: int | None = None) -> list[int]:
+    """Tokenize user text; refuse it as too long before tokenizing when its size alone proves it
+    cannot fit `max_tokens` (a multi-megabyte prompt costs seconds of tokenizer time otherwise)."""
+    tok = engine.tokenizer
+    if max_tokens is not None:
+        at_least = tok.min_tokens(text)
+        if at_least >= max_tokens:
+            raise PromptTooLong(param, f"this model's maximum context length is {max_tokens} tokens; "
+                                f"the prompt has at least {at_least} tokens "
+                                f"({len(text.encode('utf-8', 'surrogatepass'))} bytes)")
+    try:
+        return tok.encode(text, add_special_tokens=add_special_tokens)
+    except (TypeError, ValueError) as exc:  # e.g. a lone surrogate ("\ud800") is no UTF-8 text
+        raise bad_request(f"'{param}' could not be tokenized: {_unicode_hint(text)}{exc}",
+                          param=param) from None
+
+
+def _unicode_hint(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "it is not valid Unicode text (a lone surrogate?); "
+    return ""
+
+
 def chat_prompt_ids(engine: AsyncEngine, messages: list[ChatMessage],
-                    add_generation_prompt: bool = True, param: str = "messages") -> list[int]:
+                    add_generation_prompt: bool = True, param: str = "messages",
+                    max_tokens: int | None = None) -> list[int]:
+    """max_tokens: refuse early (PromptTooLong) a conversation that cannot fit this many tokens."""
     dicts = message_dicts(messages, param)
     try:
-        return engine.tokenizer.encode_chat(dicts, add_generation_prompt=add_generation_prompt)
+        text = engine.tokenizer.apply_chat_template(dicts, add_generation_prompt=add_generation_prompt)
     except Exception as exc:  # a template may refuse a conversation (e.g. roles must alternate)
         raise bad_request(f"could not apply the chat template: {exc}", param=param) from None
+    # The template writes special tokens itself; adding them again would double the BOS.
+    return encode_text(engine, text, param, add_special_tokens=False, max_tokens=max_tokens)
 
 
-def completion_prompts(engine: AsyncEngine, prompt: Any) -> list[tuple[str | None, list[int]]]:
+def completion_prompts(engine: AsyncEngine, prompt: Any,
+                       max_tokens: int | None = None) -> list[tuple[str | None, list[int]]]:
     """OpenAI's four prompt forms -> [(text or None, token ids)]."""
     if isinstance(prompt, str):
         prompts: list = [prompt]
@@ -72,7 +103,7 @@ def completion_prompts(engine: AsyncEngine, prompt: Any) -> list[tuple[str | Non
     out = []
     for p in prompts:
         if isinstance(p, str):
-            out.append((p, engine.tokenizer.encode(p)))
+            out.append((p, encode_text(engine, p, "prompt", max_tokens=max_tokens)))
         else:
             out.append((None, [int(t) for t in p]))
     return out
@@ -164,6 +195,20 @@ def chat_params(req: ChatCompletionRequest, engine: AsyncEngine, ids: list[int])
     if req.max_completion_tokens is not None:
         return _finalize(engine, ids, fields, req.max_completion_tokens, "max_completion_tokens")
     return _finalize(engine, ids, fields, req.max_tokens, "max_tokens")
+
+
+def chat_inputs(req: ChatCompletionRequest, engine: AsyncEngine) -> tuple[list[int], SamplingParams]:
+    """Prompt ids and sampling parameters of a chat request. Tokenizes: run it off the event loop."""
+    ids = chat_prompt_ids(engine, req.messages, req.add_generation_prompt is not False,
+                          max_tokens=engine.engine.max_seq_tokens)
+    return ids, chat_params(req, engine, ids)
+
+
+def completion_inputs(req: CompletionRequest, engine: AsyncEngine
+                      ) -> tuple[list[tuple[str | None, list[int]]], list[SamplingParams]]:
+    """[(prompt text, ids)] and one SamplingParams per prompt. Tokenizes: run it off the event loop."""
+    prompts = completion_prompts(engine, req.prompt, max_tokens=engine.engine.max_seq_tokens)
+    return prompts, [completion_params(req, engine, ids) for _, ids in prompts]
 
 
 def completion_params(req: CompletionRequest, engine: AsyncEngine, ids: list[int]) -> SamplingParams:
