@@ -18,7 +18,7 @@ from inferd.config import EngineConfig
 from inferd.engine.engine import EngineStats, LLMEngine, PromptInput
 from inferd.model.loader import LoadedModel
 from inferd.outputs import RequestOutput
-from inferd.sampling_params import SamplingParams
+from inferd.sampling_params import InvalidParameter, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,20 @@ class QueueFull(Exception):
 
 class EngineDead(Exception):
     """The engine thread stopped; no request can be served."""
+
+
+class ShuttingDown(Exception):
+    """The server is shutting down: new work is refused and, past the grace period, cut."""
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    """One request to queue, already tokenized and validated (AsyncEngine.prepare)."""
+
+    request_id: str
+    prompt: PromptInput
+    params: SamplingParams
+    prompt_token_ids: list[int]
 
 
 @dataclass
@@ -81,22 +95,46 @@ class AsyncEngine:
     async def add_request(self, request_id: str, prompt: PromptInput, params: SamplingParams,
                           prompt_token_ids: list[int] | None = None) -> AsyncIterator[RequestOutput]:
         """Queue a request and return its stream of cumulative outputs (last one finished)."""
+        ids = prompt_token_ids if prompt_token_ids is not None else self.prepare(prompt, params)
+        (stream,) = await self.add_requests([NewRequest(request_id, prompt, params, ids)])
+        return stream
+
+    def check_size(self, num_prompts: int, n: int) -> None:
+        """Refuse (400) a request larger than the waiting queue could ever hold: waiting for room
+        would never help it, and admitting it would lock every other client out."""
+        limit = self.config.scheduler.max_waiting_requests
+        if num_prompts * n > limit:
+            raise InvalidParameter("n" if n > 1 else "prompt",
+                                   f"this request would queue {num_prompts * n} sequences ({num_prompts} "
+                                   f"prompt(s) x n={n}); this server queues at most {limit} per request "
+                                   "(--max-waiting-requests)")
+
+    async def add_requests(self, requests: list[NewRequest]) -> list[AsyncIterator[RequestOutput]]:
+        """Queue several requests (one HTTP request's prompts) all or none: the waiting queue's
+        limit counts sequences (n of each), and a set that does not fit is refused whole."""
         if not self.is_alive():
             raise EngineDead("the engine has stopped")
         if not self._accepting:
-            raise QueueFull("the server is shutting down")
-        ids = prompt_token_ids if prompt_token_ids is not None else self.prepare(prompt, params)
-        waiting = self.engine.scheduler.num_waiting
+            raise ShuttingDown("the server is shutting down")
+        limit = self.config.scheduler.max_waiting_requests
+        cost = sum(r.params.n for r in requests)
+        self.check_size(len(requests), max(r.params.n for r in requests))
+        loop = asyncio.get_running_loop()
         with self._lock:
-            if waiting + len(self._inbox) >= self.config.scheduler.max_waiting_requests:
-                raise QueueFull(f"{waiting + len(self._inbox)} requests already waiting "
-                                f"(limit {self.config.scheduler.max_waiting_requests}); retry later")
-            if request_id in self._streams or any(p.request_id == request_id for p in self._inbox):
-                raise ValueError(f"duplicate request id {request_id!r}")
-            pending = _Pending(request_id, prompt, params, ids, asyncio.Queue(), asyncio.get_running_loop())
-            self._inbox.append(pending)
+            queued = self.engine.num_waiting_seqs + sum(p.params.n for p in self._inbox)
+            if queued + cost > limit:
+                raise QueueFull(f"{queued} sequences already waiting and this request adds {cost} "
+                                f"(limit {limit}); retry later")
+            known = set(self._streams) | {p.request_id for p in self._inbox}
+            for r in requests:
+                if r.request_id in known:
+                    raise ValueError(f"duplicate request id {r.request_id!r}")
+                known.add(r.request_id)
+            pending = [_Pending(r.request_id, r.prompt, r.params, r.prompt_token_ids, asyncio.Queue(), loop)
+                       for r in requests]
+            self._inbox.extend(pending)
         self._wake.set()
-        return self._stream(pending)
+        return [self._stream(p) for p in pending]
 
     async def _stream(self, pending: _Pending) -> AsyncIterator[RequestOutput]:
         finished = False
@@ -141,15 +179,19 @@ class AsyncEngine:
             self.abort(pending.request_id)
 
     def _drain_inbox(self) -> None:
+        failed = []
+        # Under the lock, so admission (add_requests) never sees a request in neither place.
         with self._lock:
             inbox, self._inbox = self._inbox, []
             aborts, self._aborts = self._aborts, []
-        for p in inbox:
-            try:
-                self.engine.add_request(p.request_id, p.prompt, p.params, p.prompt_token_ids)
-                self._streams[p.request_id] = p
-            except Exception as exc:  # validated already; anything left is this request's alone
-                self._deliver(p, exc)
+            for p in inbox:
+                try:
+                    self.engine.add_request(p.request_id, p.prompt, p.params, p.prompt_token_ids)
+                    self._streams[p.request_id] = p
+                except Exception as exc:  # validated already; anything left is this request's alone
+                    failed.append((p, exc))
+        for p, exc in failed:
+            self._deliver(p, exc)
         for rid in aborts:
             self.engine.abort_request(rid)
             with self._lock:

@@ -62,6 +62,9 @@ class LLMEngine:
         self.requests: dict[str, Request] = {}
         self._seq_ids = itertools.count()
         self._rng = random.Random(config.model.seed)
+        # Siblings of n>1 requests not yet handed to the scheduler (they join after the first
+        # token); they are queued work all the same, and admission control counts them.
+        self._num_deferred_seqs = 0
         self.observer: EngineObserver = EngineObserver()
         self.speculator = None  # set by inferd.spec when speculative decoding is on
         if config.speculative.method:
@@ -79,6 +82,11 @@ class LLMEngine:
         if bad:
             raise InvalidParameter("prompt", f"prompt token ids out of range [0, {vocab}): {bad[:5]}")
         return None, ids
+
+    @property
+    def num_waiting_seqs(self) -> int:
+        """Sequences queued but not running: the scheduler's waiting ones plus deferred siblings."""
+        return self.scheduler.num_waiting + self._num_deferred_seqs
 
     @property
     def max_seq_tokens(self) -> int:
@@ -128,6 +136,7 @@ class LLMEngine:
                                                params.include_stop_str_in_output)
             req.seqs.append(seq)
         self.requests[request_id] = req
+        self._num_deferred_seqs += len(req.seqs) - 1
         # Siblings of an n>1 request join once the first has computed the prompt, so they reuse
         # its cached blocks instead of computing the prompt n times.
         self.scheduler.add(req.seqs[0])
@@ -138,6 +147,8 @@ class LLMEngine:
         if req is None:
             return None
         req.aborted = True
+        if req.timing.first_token is None:  # its siblings never joined the scheduler
+            self._num_deferred_seqs -= len(req.seqs) - 1
         for seq in req.seqs:
             if not seq.finished:
                 self.scheduler.remove(seq)
@@ -153,7 +164,7 @@ class LLMEngine:
         return bool(self.requests)
 
     def stats(self) -> EngineStats:
-        return EngineStats(self.scheduler.num_running, self.scheduler.num_waiting, self.pool.usage,
+        return EngineStats(self.scheduler.num_running, self.num_waiting_seqs, self.pool.usage,
                            self.pool.hit_rate, self.scheduler.num_preemptions, self.pool.num_blocks)
 
     # ---- the loop -------------------------------------------------------------------------
@@ -215,6 +226,7 @@ class LLMEngine:
             self.observer.on_first_token(req, now)
             for sib in req.seqs[1:]:
                 self.scheduler.add(sib)
+            self._num_deferred_seqs -= len(req.seqs) - 1
         else:
             self.observer.on_token(req, seq, now - (req.timing.last_token or now))
         req.timing.last_token = now

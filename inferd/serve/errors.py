@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from inferd.engine.async_engine import EngineDead, QueueFull
+from inferd.engine.async_engine import EngineDead, QueueFull, ShuttingDown
 from inferd.engine.engine import PromptTooLong
 from inferd.sampling_params import InvalidParameter
 
@@ -62,6 +62,9 @@ def from_exception(exc: BaseException) -> APIError:
         return APIError(400, str(exc), param=exc.param)
     if isinstance(exc, QueueFull):
         return APIError(429, f"server busy: {exc}", code="rate_limit_exceeded",
+                        headers={"Retry-After": "1"})
+    if isinstance(exc, ShuttingDown):
+        return APIError(503, f"{exc}; retry on another replica", code="shutting_down",
                         headers={"Retry-After": "1"})
     if isinstance(exc, EngineDead):
         return APIError(503, f"engine unavailable: {exc}", code="engine_dead")
@@ -111,5 +114,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
-    for cls in (InvalidParameter, QueueFull, EngineDead, Exception):
+    for cls in (InvalidParameter, QueueFull, ShuttingDown, EngineDead, Exception):
         app.add_exception_handler(cls, on_engine_error)

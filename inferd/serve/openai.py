@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from inferd.engine.async_engine import NewRequest
 from inferd.outputs import RequestOutput
 from inferd.serve.errors import from_exception
 from inferd.serve.logprobs import LogprobFormatter, merge
@@ -100,7 +101,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     ids, params = await asyncio.to_thread(chat_inputs, body, engine)
     rid = f"chatcmpl-{uuid.uuid4().hex}"
     sub = Submission(engine)
-    await sub.add(rid, ids, params)
+    await sub.add([NewRequest(rid, ids, params, ids)])
     fmt = LogprobFormatter(engine.tokenizer)
     top_n = body.top_logprobs or 0
     if body.stream:
@@ -173,8 +174,7 @@ async def completions(body: CompletionRequest, request: Request):
     prompts, params = await asyncio.to_thread(completion_inputs, body, engine)
     rid = f"cmpl-{uuid.uuid4().hex}"
     sub = Submission(engine)
-    for i, (_, ids) in enumerate(prompts):
-        await sub.add(f"{rid}-{i}", ids, params[i])
+    await sub.add([NewRequest(f"{rid}-{i}", ids, params[i], ids) for i, (_, ids) in enumerate(prompts)])
     view = _CompletionView(body, prompts, params[0].n, LogprobFormatter(engine.tokenizer))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -89,6 +89,13 @@ def chat_prompt_ids(engine: AsyncEngine, messages: list[ChatMessage],
     return encode_text(engine, text, param, add_special_tokens=False, max_tokens=max_tokens)
 
 
+def num_prompts(prompt: Any) -> int:
+    """How many prompts OpenAI's prompt forms hold (a string or one list of ids is one)."""
+    if isinstance(prompt, str) or (prompt and all(isinstance(p, int) for p in prompt)):
+        return 1
+    return len(prompt)
+
+
 def completion_prompts(engine: AsyncEngine, prompt: Any,
                        max_tokens: int | None = None) -> list[tuple[str | None, list[int]]]:
     """OpenAI's four prompt forms -> [(text or None, token ids)]."""
@@ -199,6 +206,7 @@ def chat_params(req: ChatCompletionRequest, engine: AsyncEngine, ids: list[int])
 
 def chat_inputs(req: ChatCompletionRequest, engine: AsyncEngine) -> tuple[list[int], SamplingParams]:
     """Prompt ids and sampling parameters of a chat request. Tokenizes: run it off the event loop."""
+    engine.check_size(1, 1 if req.n is None else max(req.n, 1))
     ids = chat_prompt_ids(engine, req.messages, req.add_generation_prompt is not False,
                           max_tokens=engine.engine.max_seq_tokens)
     return ids, chat_params(req, engine, ids)
@@ -207,6 +215,8 @@ def chat_inputs(req: ChatCompletionRequest, engine: AsyncEngine) -> tuple[list[i
 def completion_inputs(req: CompletionRequest, engine: AsyncEngine
                       ) -> tuple[list[tuple[str | None, list[int]]], list[SamplingParams]]:
     """[(prompt text, ids)] and one SamplingParams per prompt. Tokenizes: run it off the event loop."""
+    # Before tokenizing: a request with more prompts x n than the queue holds is refused at once.
+    engine.check_size(num_prompts(req.prompt), 1 if req.n is None else max(req.n, 1))
     prompts = completion_prompts(engine, req.prompt, max_tokens=engine.engine.max_seq_tokens)
     return prompts, [completion_params(req, engine, ids) for _, ids in prompts]
 
