@@ -69,6 +69,7 @@ class AsyncEngine:
         self._streams: dict[str, _Pending] = {}
         self._stop = threading.Event()
         self._accepting = True
+        self._cut: BaseException | None = None  # set by cut(): fail everything in flight with it
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="inferd-engine", daemon=True)
         self._thread.start()
@@ -166,6 +167,13 @@ class AsyncEngine:
     def stop_accepting(self) -> None:
         self._accepting = False
 
+    def cut(self, reason: BaseException) -> None:
+        """End every request in flight now with `reason` as its error (the shutdown deadline):
+        streams then close with an error event, waiting callers get their error response."""
+        self._accepting = False
+        self._cut = reason
+        self._wake.set()
+
     def shutdown(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._wake.set()
@@ -200,6 +208,9 @@ class AsyncEngine:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._drain_inbox()
+            if self._cut is not None:
+                reason, self._cut = self._cut, None
+                self._fail_all(reason)
             if not self.engine.has_unfinished():
                 self._wake.wait(0.5)
                 self._wake.clear()

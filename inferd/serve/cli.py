@@ -58,7 +58,7 @@ def _defaults() -> dict:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from inferd.engine.async_engine import AsyncEngine
+    from inferd.engine.async_engine import AsyncEngine, ShuttingDown
     from inferd.serve.app import build_app
     from inferd.serve.config_file import check_unique, model_specs
     from inferd.serve.shutdown import DrainState, GracefulServer
@@ -88,7 +88,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             for e in engines:
                 e.stop_accepting()
 
-        server = GracefulServer(config, drain, args.shutdown_timeout, on_drain=stop_engines_accepting)
+        def end_requests_in_flight() -> None:
+            for e in engines:
+                e.cut(ShuttingDown("the server is shutting down and this request ran past its grace "
+                                   f"period ({args.shutdown_timeout:g} s)"))
+
+        server = GracefulServer(config, drain, args.shutdown_timeout, on_drain=stop_engines_accepting,
+                                on_deadline=end_requests_in_flight)
         print(f"inferd: serving {', '.join(served)} at http://{args.host}:{args.port}/v1"
               f"{' (API key required)' if api_key else ''}", file=sys.stderr, flush=True)
         server.run()
