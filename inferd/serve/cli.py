@@ -14,6 +14,7 @@ import sys
 
 from inferd.engine_args import add_engine_args, engine_config_from_args
 from inferd.serve.body_limit import DEFAULT_MAX_REQUEST_BYTES
+from inferd.serve.connections import DEFAULT_HEADER_TIMEOUT
 
 log = logging.getLogger("inferd.serve")
 LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
@@ -36,6 +37,14 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES, metavar="BYTES",
                    help="refuse request bodies larger than this with 413 "
                         f"(default {DEFAULT_MAX_REQUEST_BYTES})")
+    s.add_argument("--timeout-header", type=float, default=DEFAULT_HEADER_TIMEOUT, metavar="SECONDS",
+                   help="close a connection whose request headers are not complete this long after it "
+                        "opened or after its last response")
+    s.add_argument("--timeout-keep-alive", type=float, default=5.0, metavar="SECONDS",
+                   help="close an idle keep-alive connection after this long")
+    s.add_argument("--max-connections", type=int, default=None, metavar="N",
+                   help="answer 503 and close connections beyond N open ones "
+                        "(default: the open-file limit less 256)")
     s.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may take to finish")
     s.add_argument("--log-level", default="info", choices=LOG_LEVELS)
@@ -61,11 +70,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from inferd.engine.async_engine import AsyncEngine, ShuttingDown
     from inferd.serve.app import build_app
     from inferd.serve.config_file import check_unique, model_specs
+    from inferd.serve.connections import (
+        default_max_connections,
+        guarded_h11,
+        rate_limit_noisy_loggers,
+    )
     from inferd.serve.shutdown import DrainState, GracefulServer
 
     specs = model_specs(args, _defaults())  # also applies --config onto args
     check_unique(specs)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rate_limit_noisy_loggers()
     api_key = args.api_key or os.environ.get("INFERD_API_KEY") or None
 
     engines: list[AsyncEngine] = []
@@ -80,9 +95,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         drain = DrainState()
         app = build_app(served, api_key=api_key, metrics_compat=args.metrics_compat, drain=drain,
                         max_request_bytes=args.max_request_bytes)
+        max_connections = args.max_connections or default_max_connections()
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                 access_log=not args.disable_access_log, timeout_graceful_shutdown=2,
-                                lifespan="off")
+                                lifespan="off", http=guarded_h11(args.timeout_header, max_connections),
+                                timeout_keep_alive=args.timeout_keep_alive)
 
         def stop_engines_accepting() -> None:
             for e in engines:
