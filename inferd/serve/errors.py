@@ -32,6 +32,8 @@ class APIError(Exception):
     def __init__(self, status: int, message: str, *, param: str | None = None,
                  code: str | None = None, type: str | None = None,
                  headers: dict[str, str] | None = None):
+        # Messages quote user input, which may hold text no encoder accepts (lone surrogates).
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         super().__init__(message)
         self.status = status
         self.message = message
@@ -60,6 +62,9 @@ def from_exception(exc: BaseException) -> APIError:
         return APIError(400, str(exc), param=exc.param, code="context_length_exceeded")
     if isinstance(exc, InvalidParameter):
         return APIError(400, str(exc), param=exc.param)
+    if isinstance(exc, UnicodeEncodeError):  # user text that is not valid Unicode, met late
+        return APIError(400, f"the request holds text that is not valid Unicode: {exc}",
+                        code="invalid_unicode")
     if isinstance(exc, QueueFull):
         return APIError(429, f"server busy: {exc}", code="rate_limit_exceeded",
                         headers={"Retry-After": "1"})

@@ -46,7 +46,7 @@ from inferd.serve.streams import (
     sse,
     until_disconnected,
 )
-from inferd.serve.translate import chat_inputs, completion_inputs
+from inferd.serve.translate import chat_inputs, completion_inputs, refuse_lone_surrogates
 
 router = APIRouter(prefix="/v1")
 CLIENT_CLOSED = 499  # nginx's code for "client closed request"; nobody reads it
@@ -95,6 +95,7 @@ async def get_model(model: str, request: Request) -> ModelCard:
 # ---- chat -------------------------------------------------------------------------------------
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request):
+    refuse_lone_surrogates(body)
     model = served(request).get(body.model)
     engine = model.engine
     # Tokenizing a long prompt takes seconds; on the event loop it would stall every client.
@@ -169,6 +170,7 @@ async def _chat_stream(sub: Submission, rid: str, model: str, n: int, prompt_len
 # ---- completions ------------------------------------------------------------------------------
 @router.post("/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request):
+    refuse_lone_surrogates(body)
     model = served(request).get(body.model)
     engine = model.engine
     prompts, params = await asyncio.to_thread(completion_inputs, body, engine)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from inferd.engine.async_engine import AsyncEngine
 from inferd.engine.engine import PromptTooLong
 from inferd.sampling_params import InvalidParameter, SamplingParams
@@ -23,6 +25,36 @@ from inferd.serve.protocol import (
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 TEXT_PARTS = {"text", "input_text"}
 MAX_TOP_LOGPROBS = 20
+
+
+# ---- text -----------------------------------------------------------------------------------
+def refuse_lone_surrogates(body: BaseModel) -> None:
+    """JSON can carry lone UTF-16 surrogates ("\ud800"), which are no text: no tokenizer, stop
+    check or response encoder can handle them. Refuse them up front, naming the field."""
+    for name, value in body:
+        where = _surrogate_at(value, name)
+        if where is not None:
+            raise bad_request(f"'{where}' is not valid Unicode text: it contains a lone surrogate "
+                              "(a \\ud800-\\udfff escape not part of a pair)", param=name,
+                              code="invalid_unicode")
+
+
+def _surrogate_at(value: Any, path: str) -> str | None:
+    """The path of the first string under value holding a lone surrogate, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, BaseModel):
+        return next((w for k, v in value if (w := _surrogate_at(v, f"{path}.{k}"))), None)
+    if isinstance(value, dict):
+        return next((w for k, v in value.items()
+                     if (w := _surrogate_at(k, path) or _surrogate_at(v, f"{path}.{k}"))), None)
+    if isinstance(value, list | tuple) and not (value and isinstance(value[0], int)):  # ids: no text
+        return next((w for i, v in enumerate(value) if (w := _surrogate_at(v, f"{path}[{i}]"))), None)
+    return None
 
 
 # ---- prompts --------------------------------------------------------------------------------
