@@ -25,11 +25,13 @@ from inferd.serve.shutdown import DrainMiddleware, DrainState
 log = logging.getLogger(__name__)
 
 
-def build_app(engines: dict[str, AsyncEngine], *, api_key: str | None = None,
+def build_app(engines: dict[str, AsyncEngine], *, hidden_aliases: dict[str, AsyncEngine] | None = None,
+              api_key: str | None = None,
               metrics_compat: str | None = None, drain: DrainState | None = None,
               max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> FastAPI:
-    """engines maps every served model name (aliases included) to its engine."""
-    models = ServedModels(engines)
+    """engines maps every served model name (aliases included) to its engine; hidden_aliases
+    are served too but not listed in /v1/models."""
+    models = ServedModels(engines, hidden_aliases)
     metrics = ServerMetrics(metrics_compat)
     for name, engine in models.engines().items():
         metrics.attach(name, engine)
@@ -40,6 +42,7 @@ def build_app(engines: dict[str, AsyncEngine], *, api_key: str | None = None,
     app.state.models = models
     app.state.metrics = metrics
     app.state.drain = drain
+    app.state.api_key_required = bool(api_key)  # open routes then do not list the served models
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(tokenizer_routes.router)

@@ -86,15 +86,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     engines: list[AsyncEngine] = []
     try:
         served: dict[str, AsyncEngine] = {}
+        hidden: dict[str, AsyncEngine] = {}
         for spec in specs:
             log.info("loading %s", spec.model)
             engine = AsyncEngine(engine_config_from_args(spec.engine_args(args), model=spec.model))
             engines.append(engine)
             for name in spec.names:
                 served[name] = engine
+            for name in spec.hidden_aliases:
+                hidden[name] = engine
         drain = DrainState()
-        app = build_app(served, api_key=api_key, metrics_compat=args.metrics_compat, drain=drain,
-                        max_request_bytes=args.max_request_bytes)
+        app = build_app(served, hidden_aliases=hidden, api_key=api_key, metrics_compat=args.metrics_compat,
+                        drain=drain, max_request_bytes=args.max_request_bytes)
         max_connections = args.max_connections or default_max_connections()
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                 access_log=not args.disable_access_log, timeout_graceful_shutdown=2,

@@ -87,7 +87,10 @@ async def list_models(request: Request) -> ModelList:
 
 @router.get("/models/{model:path}")
 async def get_model(model: str, request: Request) -> ModelCard:
-    m = served(request).get(model)
+    # The route's pattern ends in `$`, which also matches before a trailing newline, so
+    # "/v1/models/x%0A" would arrive as "x": look up exactly what the path holds instead.
+    path = request.scope["path"].removeprefix(request.scope.get("root_path", ""))
+    m = served(request).get(path.removeprefix(router.prefix + "/models/"))
     return ModelCard(id=m.name, created=served(request).created, root=str(m.engine.config.model.model),
                      max_model_len=m.engine.max_model_len)
 

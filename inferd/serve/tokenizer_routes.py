@@ -64,7 +64,8 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeRes
 
 @router.get("/tokenizer_info")
 async def tokenizer_info(request: Request, model: str | None = None) -> dict:
-    m = _models(request).get(model)
+    # Open even with --api-key: an unknown name must not list the served ones to anyone.
+    m = _models(request).get(model, name_the_served=not request.app.state.api_key_required)
     tok = m.engine.tokenizer
     return {
         "model": m.name,
