@@ -117,6 +117,7 @@ over_limit_log = logging.getLogger(__name__ + ".limit")
 
 def rate_limit_noisy_loggers(interval: float = 10.0) -> None:
     """asyncio reports each failed accept (EMFILE...) with a traceback; uvicorn warns per bad
-    request. Under a flood these would write megabytes a second."""
-    for name in ("asyncio", "uvicorn.error", over_limit_log.name):
+    request; translate warns per unknown request field. Under a flood these would write megabytes
+    a second."""
+    for name in ("asyncio", "uvicorn.error", over_limit_log.name, "inferd.serve.translate"):
         logging.getLogger(name).addFilter(RateLimitFilter(interval))

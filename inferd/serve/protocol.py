@@ -1,8 +1,9 @@
 """Pydantic models of the HTTP API: OpenAI's request and response shapes, field for field.
 
-Requests ignore unknown fields (clients send many we do not use) and accept vLLM's sampling
-extras. Nothing here knows about the engine: `params.py` turns requests into SamplingParams and
-`openai.py` fills the responses.
+Requests keep unknown fields (clients send many) for `translate.check_extra_fields`, which refuses
+those whose meaning the server does not implement and logs the rest; vLLM's sampling extras are
+accepted. Nothing here knows about the engine: `translate.py` turns requests into SamplingParams
+and `openai.py` fills the responses.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 class _Request(BaseModel):
     # NaN or infinity in a sampling parameter would poison a whole batch's sampling; refuse them.
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 # ---- requests ------------------------------------------------------------------------------
 class StreamOptions(_Request):
     include_usage: bool | None = False
+    continuous_usage_stats: bool | None = False  # vLLM: usage (so far) in every chunk
 
 
 class SamplingRequest(_Request):
@@ -47,6 +49,7 @@ class SamplingRequest(_Request):
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool | None = True
     include_stop_str_in_output: bool | None = False
+    return_token_ids: bool | None = False  # prompt_token_ids and token_ids in the response
 
 
 class ContentPart(_Request):
@@ -140,6 +143,7 @@ class ChatChoice(BaseModel):
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None  # vLLM extra: the stop string or token id that ended it
+    token_ids: list[int] | None = None  # vLLM extra (return_token_ids)
 
 
 class ChatCompletionResponse(BaseModel):
@@ -150,6 +154,7 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: str | None = None
+    prompt_token_ids: list[int] | None = None  # vLLM extra (return_token_ids)
 
 
 class DeltaMessage(BaseModel):
@@ -163,6 +168,7 @@ class ChatChunkChoice(BaseModel):
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    token_ids: list[int] | None = None  # the delta's token ids (return_token_ids)
 
     @field_serializer("delta")
     def _delta_without_nulls(self, delta: DeltaMessage) -> dict[str, Any]:
@@ -178,6 +184,7 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChatChunkChoice]
     system_fingerprint: str | None = None
     usage: Usage | None = None
+    prompt_token_ids: list[int] | None = None  # in the first chunk (return_token_ids)
 
 
 class CompletionLogprobs(BaseModel):
@@ -187,12 +194,21 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int] = Field(default_factory=list)
 
 
+class PromptLogprob(BaseModel):
+    logprob: float
+    rank: int | None = None  # 1 = the likeliest; None when below the top alternatives asked for
+    decoded_token: str
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None  # vLLM extra, by token id
+    prompt_token_ids: list[int] | None = None  # return_token_ids; in a choice's first chunk
+    token_ids: list[int] | None = None  # return_token_ids; the delta's ids when streamed
 
 
 class CompletionResponse(BaseModel):

@@ -19,7 +19,7 @@ from inferd.serve.protocol import (
     TokenizeResponse,
 )
 from inferd.serve.registry import ServedModels
-from inferd.serve.translate import chat_prompt_ids, encode_text, refuse_lone_surrogates
+from inferd.serve.translate import chat_prompt_ids, check_body, encode_text
 
 router = APIRouter()
 
@@ -30,7 +30,7 @@ def _models(request: Request) -> ServedModels:
 
 @router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
-    refuse_lone_surrogates(body)
+    check_body(body)
     engine = _models(request).get(body.model).engine
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("send exactly one of 'prompt' or 'messages'", param="prompt")
@@ -52,7 +52,7 @@ def _tokenize(body: TokenizeRequest, engine: AsyncEngine) -> TokenizeResponse:
 
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
-    refuse_lone_surrogates(body)
+    check_body(body)
     engine = _models(request).get(body.model).engine
     vocab = engine.tokenizer.vocab_size
     bad = [t for t in body.tokens if not 0 <= t < vocab]

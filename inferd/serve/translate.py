@@ -7,6 +7,7 @@ prompts that do not fit the context window or the KV cache.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pydantic import BaseModel
@@ -22,12 +23,65 @@ from inferd.serve.protocol import (
     SamplingRequest,
 )
 
+log = logging.getLogger(__name__)
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 TEXT_PARTS = {"text", "input_text"}
 MAX_TOP_LOGPROBS = 20
 
 
+# ---- fields the models do not declare ---------------------------------------------------------
+# Fields clients send whose meaning this server does not implement: a value other than the
+# neutral one is refused (400 naming it) rather than silently ignored.
+UNSUPPORTED_FIELDS = {
+    "functions": "function calling", "function_call": "function calling",
+    "audio": "audio output", "prediction": "predicted outputs", "web_search_options": "web search",
+    "guided_json": "structured output", "guided_regex": "structured output",
+    "guided_choice": "structured output", "guided_grammar": "structured output",
+    "guided_decoding_backend": "structured output", "structured_outputs": "structured output",
+    "use_beam_search": "beam search", "length_penalty": "beam search",
+    "truncate_prompt_tokens": "prompt truncation", "prompt_embeds": "prompt embeddings",
+    "bad_words": "bad_words", "allowed_token_ids": "allowed_token_ids",
+    "logits_processors": "custom logits processors", "continue_final_message": "continue_final_message",
+    "chat_template": "per-request chat templates", "chat_template_kwargs": "chat template arguments",
+    "documents": "documents", "return_tokens_as_token_ids": "return_tokens_as_token_ids",
+    "modalities": "output modalities other than text", "priority": "request priorities",
+    "echo": "echo for chat (use /v1/completions)", "cache_salt": "cache_salt",
+    "spaces_between_special_tokens": "spaces_between_special_tokens",
+    "kv_transfer_params": "KV transfer", "vllm_xargs": "vllm_xargs", "mm_processor_kwargs": "multimodal input",
+}
+NEUTRAL = {"modalities": (["text"],), "length_penalty": (1, 1.0), "priority": (0,),
+           "spaces_between_special_tokens": (True,)}
+# Accepted and without effect here, as in OpenAI's API or vLLM: metadata and hints.
+NO_EFFECT = {"user", "store", "metadata", "service_tier", "parallel_tool_calls", "reasoning_effort",
+             "request_id", "safety_identifier", "prompt_cache_key", "verbosity"}
+MESSAGE_UNSUPPORTED = {"tool_calls": "tool calls", "function_call": "function calling", "audio": "audio"}
+
+
+def check_extra_fields(body: BaseModel) -> None:
+    """Refuse undeclared fields this server would otherwise ignore while their value matters;
+    log the unknown rest, as vLLM does."""
+    for name, value in (body.model_extra or {}).items():
+        if name in UNSUPPORTED_FIELDS and value not in (None, False, [], {}) \
+                and value not in NEUTRAL.get(name, ()):
+            raise bad_request(f"'{name}' is not supported by this server ({UNSUPPORTED_FIELDS[name]})",
+                              param=name, code="unsupported_parameter")
+        if name not in UNSUPPORTED_FIELDS and name not in NO_EFFECT:
+            # One format string: the serve CLI rate-limits this logger, however many names arrive.
+            log.warning("ignoring request field %r: this server does not know it", name)
+    for i, message in enumerate(getattr(body, "messages", None) or []):
+        for name, value in (message.model_extra or {}).items():
+            if name in MESSAGE_UNSUPPORTED and value not in (None, [], {}):
+                raise bad_request(f"messages[{i}].{name}: {MESSAGE_UNSUPPORTED[name]} are not supported by "
+                                  "this server", param="messages", code="unsupported_parameter")
+
+
 # ---- text -----------------------------------------------------------------------------------
+def check_body(body: BaseModel) -> None:
+    """The checks every request body gets before anything else (no model work)."""
+    refuse_lone_surrogates(body)
+    check_extra_fields(body)
+
+
 def refuse_lone_surrogates(body: BaseModel) -> None:
     """JSON can carry lone UTF-16 surrogates ("\ud800"), which are no text: no tokenizer, stop
     check or response encoder can handle them. Refuse them up front, naming the field."""
@@ -78,7 +132,10 @@ def message_dicts(messages: list[ChatMessage], param: str = "messages") -> list[
                                       "not supported (text only)", param=param)
                 texts.append(part.text)
             text = "\n".join(texts)
-        out.append({"role": role, "content": text})
+        entry = {"role": role, "content": text}
+        if m.name:  # templates that know speaker names use it; the others ignore it
+            entry["name"] = m.name
+        out.append(entry)
     return out
 
 
@@ -222,6 +279,9 @@ def chat_params(req: ChatCompletionRequest, engine: AsyncEngine, ids: list[int])
                           "(only 'text')", param="response_format")
     if req.tools and req.tool_choice != "none":
         raise bad_request("tool calling is not supported by this server", param="tools")
+    if req.tool_choice not in (None, "none", "auto"):
+        raise bad_request(f"tool_choice {req.tool_choice!r} needs tool calling, which this server does "
+                          "not support", param="tool_choice")
     fields = _common(req, model_vocab(engine))
     if req.top_logprobs is not None:
         if not req.logprobs:
