@@ -16,7 +16,7 @@ from inferd.config import EngineConfig
 from inferd.engine.detokenizer import IncrementalDetokenizer
 from inferd.engine.kv_cache import BlockPool
 from inferd.engine.runner import ModelRunner, plan_num_blocks
-from inferd.engine.sampler import make_generator
+from inferd.engine.sampler import make_generator, sample_seed
 from inferd.engine.scheduler import Scheduler
 from inferd.engine.sequence import Request, SeqStatus, Sequence
 from inferd.model.loader import LoadedModel, load_model
@@ -129,7 +129,7 @@ class LLMEngine:
         req = Request(request_id, text, ids, params)
         for i in range(params.n):
             seq = Sequence(next(self._seq_ids), req, i)
-            seed = params.seed + i if params.seed is not None else self._rng.getrandbits(62)
+            seed = sample_seed(params.seed, i) if params.seed is not None else self._rng.getrandbits(62)
             seq.generator = make_generator(seed, self.loaded.device) if not params.greedy else None
             seq.detok = IncrementalDetokenizer(self.tokenizer, ids, params.stop,
                                                params.skip_special_tokens,

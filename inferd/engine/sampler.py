@@ -8,6 +8,7 @@ else is in the batch. Logprobs are reported from the model's raw distribution.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,15 @@ class SampleResult:
     token_ids: list[int]
     logprobs: list[TokenLogprobs | None]  # per row, when the sequence asked for logprobs
     chosen_logprobs: list[float]  # raw logprob of each chosen token
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The generator seed of sample `index` of a request seeded with `seed`. Torch's CPU generator
+    keeps only the low 32 bits of a seed, so seeds equal modulo 2^32 (5 and 2^32 + 5) sampled the
+    same text, and `seed + index` made sample 1 of seed 5 sample 0 of seed 6; a hash of both
+    leaves only chance collisions."""
+    digest = hashlib.blake2b(f"{seed}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def make_generator(seed: int, device: torch.device) -> torch.Generator:
