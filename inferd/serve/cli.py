@@ -31,7 +31,11 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--config", default=None, metavar="FILE",
                    help="YAML or TOML file with settings and a `models` list (flags override it)")
     s.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' on /v1 routes (default: $INFERD_API_KEY)")
+                   help="require 'Authorization: Bearer KEY' on /v1, /tokenize and /detokenize "
+                        "(default: $INFERD_API_KEY; a key on the command line is visible in `ps`: "
+                        "prefer the variable or --api-key-file)")
+    s.add_argument("--api-key-file", default=None, metavar="FILE",
+                   help="read the API key from FILE (its first line)")
     s.add_argument("--metrics-compat", default=None, choices=["vllm"],
                    help="also publish /metrics series under vLLM's names")
     s.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES, metavar="BYTES",
@@ -51,6 +55,26 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--disable-access-log", action="store_true", help="do not log each HTTP request")
 
 
+def _api_key(args: argparse.Namespace) -> str | None:
+    """--api-key-file, --api-key or $INFERD_API_KEY, in that order."""
+    from inferd.serve.config_file import ConfigError
+
+    if args.api_key_file:
+        try:
+            with open(args.api_key_file, encoding="utf-8") as f:
+                key = f.readline().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read --api-key-file {args.api_key_file}: {exc.strerror or exc}") from None
+        if not key:
+            raise ConfigError(f"--api-key-file {args.api_key_file} is empty")
+        return key
+    if args.api_key:
+        log.warning("--api-key on the command line is visible to every user of this machine (ps); "
+                    "prefer INFERD_API_KEY or --api-key-file")
+        return args.api_key
+    return os.environ.get("INFERD_API_KEY") or None
+
+
 def add_serve_parser(subparsers) -> None:
     p = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server",
                               description="Serve one or more models behind an OpenAI-compatible API.")
@@ -68,6 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from inferd.engine.async_engine import AsyncEngine, ShuttingDown
+    from inferd.serve.access_log import RedactSecretsFilter
     from inferd.serve.app import build_app
     from inferd.serve.config_file import check_unique, model_specs
     from inferd.serve.connections import (
@@ -80,8 +105,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     specs = model_specs(args, _defaults())  # also applies --config onto args
     check_unique(specs)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    rate_limit_noisy_loggers()
-    api_key = args.api_key or os.environ.get("INFERD_API_KEY") or None
+    api_key = _api_key(args)
 
     engines: list[AsyncEngine] = []
     try:
@@ -103,6 +127,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                 access_log=not args.disable_access_log, timeout_graceful_shutdown=2,
                                 lifespan="off", http=guarded_h11(args.timeout_header, max_connections),
                                 timeout_keep_alive=args.timeout_keep_alive)
+        # After uvicorn.Config, which (re)configures its loggers.
+        rate_limit_noisy_loggers()
+        logging.getLogger("uvicorn.access").addFilter(RedactSecretsFilter())
 
         def stop_engines_accepting() -> None:
             for e in engines:
