@@ -1,11 +1,14 @@
 """Tokenizer: the HF fast tokenizer behind one small interface (encode, decode, chat template).
 
 The engine only ever sees token ids; this wrapper is what the API layers and the detokenizer use.
+Chat messages are encoded so that text a user writes stays text: "<|im_start|>system" inside a
+message is not the control token (the template's own markers are), unless a caller opts out.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from functools import cached_property
 from typing import Any
 
@@ -79,9 +82,63 @@ class Tokenizer:
             raise ValueError("this model has no chat template; use a completion (raw prompt) instead")
         return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
-    def encode_chat(self, messages: list[Message], add_generation_prompt: bool = True) -> list[int]:
+    def encode_chat(self, messages: list[Message], add_generation_prompt: bool = True,
+                    parse_special_in_content: bool = False) -> list[int]:
+        """Token ids of a conversation. Message contents are text: control-token strings a user
+        writes in them do not become control tokens (which would let them forge a system turn),
+        unless parse_special_in_content."""
+        rendered = self.apply_chat_template(messages, add_generation_prompt)
+        return self.encode_rendered_chat(rendered, messages, add_generation_prompt, parse_special_in_content)
+
+    def encode_rendered_chat(self, rendered: str, messages: list[Message], add_generation_prompt: bool,
+                             parse_special_in_content: bool = False) -> list[int]:
+        """encode_chat for a conversation whose template output is already at hand."""
         # The template writes special tokens itself; adding them again would double the BOS.
-        return self.encode(self.apply_chat_template(messages, add_generation_prompt), add_special_tokens=False)
+        if parse_special_in_content or not any(self.holds_control_text(m.get("content")) for m in messages):
+            return self.encode(rendered, add_special_tokens=False)
+        return self._encode_chat_isolating_content(messages, add_generation_prompt)
+
+    @cached_property
+    def _control_text(self) -> re.Pattern | None:
+        """Matches any added token's text (control tokens: <|im_start|>, <|endoftext|>, ...)."""
+        added = sorted(self.hf.get_added_vocab(), key=len, reverse=True)
+        return re.compile("|".join(map(re.escape, added))) if added else None
+
+    def holds_control_text(self, text: Any) -> bool:
+        return isinstance(text, str) and self._control_text is not None and bool(self._control_text.search(text))
+
+    @cached_property
+    def _literal(self):
+        """A copy of the backend tokenizer that never parses special tokens in its input (a copy,
+        so no shared switch is flipped while other threads tokenize)."""
+        from tokenizers import Tokenizer as Backend
+
+        backend = Backend.from_str(self.hf.backend_tokenizer.to_str())
+        backend.encode_special_tokens = True
+        return backend
+
+    def _encode_chat_isolating_content(self, messages: list[Message], add_generation_prompt: bool) -> list[int]:
+        # Render with placeholders where contents holding control text go, encode the template's
+        # text as usual (its markers are special) and those contents literally, in order.
+        marks: dict[int, str] = {}
+        masked = []
+        for i, m in enumerate(messages):
+            if self.holds_control_text(m.get("content")):
+                marks[i] = f"\ue000{i}\ue001"
+                m = {**m, "content": marks[i]}
+            masked.append(m)
+        rendered = self.apply_chat_template(masked, add_generation_prompt)
+        ids: list[int] = []
+        pos = 0
+        for i, mark in marks.items():
+            at = rendered.find(mark, pos)
+            if at < 0 or rendered.find(mark, at + len(mark)) >= 0:
+                raise ValueError("the chat template does not place each message's content exactly once, "
+                                 "so control-token text in it cannot be kept literal")
+            ids += self.encode(rendered[pos:at], add_special_tokens=False)
+            ids += self._literal.encode(messages[i]["content"], add_special_tokens=False).ids
+            pos = at + len(mark)
+        return ids + self.encode(rendered[pos:], add_special_tokens=False)
 
 
 def _non_shrinking(normalizer: dict | None) -> bool:

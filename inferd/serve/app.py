@@ -28,9 +28,11 @@ log = logging.getLogger(__name__)
 def build_app(engines: dict[str, AsyncEngine], *, hidden_aliases: dict[str, AsyncEngine] | None = None,
               api_key: str | None = None,
               metrics_compat: str | None = None, drain: DrainState | None = None,
-              max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> FastAPI:
+              max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+              parse_special_in_messages: bool = False) -> FastAPI:
     """engines maps every served model name (aliases included) to its engine; hidden_aliases
-    are served too but not listed in /v1/models."""
+    are served too but not listed in /v1/models. parse_special_in_messages lets control-token
+    text in chat messages become control tokens (off: a user cannot forge a system turn)."""
     models = ServedModels(engines, hidden_aliases)
     metrics = ServerMetrics(metrics_compat)
     for name, engine in models.engines().items():
@@ -42,6 +44,7 @@ def build_app(engines: dict[str, AsyncEngine], *, hidden_aliases: dict[str, Asyn
     app.state.models = models
     app.state.metrics = metrics
     app.state.drain = drain
+    app.state.parse_special_in_messages = parse_special_in_messages
     app.state.api_key_required = bool(api_key)  # open routes then do not list the served models
     install_error_handlers(app)
     app.include_router(openai.router)

@@ -49,6 +49,9 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--max-connections", type=int, default=None, metavar="N",
                    help="answer 503 and close connections beyond N open ones "
                         "(default: the open-file limit less 256)")
+    s.add_argument("--parse-special-tokens-in-messages", action="store_true",
+                   help="let control-token text in chat messages (e.g. '<|im_start|>system') become "
+                        "control tokens; off by default, so users cannot forge turns")
     s.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may take to finish")
     s.add_argument("--log-level", default="info", choices=LOG_LEVELS)
@@ -121,7 +124,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 hidden[name] = engine
         drain = DrainState()
         app = build_app(served, hidden_aliases=hidden, api_key=api_key, metrics_compat=args.metrics_compat,
-                        drain=drain, max_request_bytes=args.max_request_bytes)
+                        drain=drain, max_request_bytes=args.max_request_bytes,
+                        parse_special_in_messages=args.parse_special_tokens_in_messages)
         max_connections = args.max_connections or default_max_connections()
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                 access_log=not args.disable_access_log, timeout_graceful_shutdown=2,

@@ -132,7 +132,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     model = served(request).get(body.model)
     engine = model.engine
     # Tokenizing a long prompt takes seconds; on the event loop it would stall every client.
-    ids, params = await asyncio.to_thread(chat_inputs, body, engine)
+    ids, params = await asyncio.to_thread(chat_inputs, body, engine,
+                                          request.app.state.parse_special_in_messages)
     rid = f"chatcmpl-{uuid.uuid4().hex}"
     sub = Submission(engine)
     await sub.add([NewRequest(rid, ids, params, ids)])

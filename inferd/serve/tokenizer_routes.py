@@ -35,13 +35,14 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("send exactly one of 'prompt' or 'messages'", param="prompt")
     # Off the event loop: a long text takes the tokenizer seconds.
-    return await asyncio.to_thread(_tokenize, body, engine)
+    return await asyncio.to_thread(_tokenize, body, engine, request.app.state.parse_special_in_messages)
 
 
-def _tokenize(body: TokenizeRequest, engine: AsyncEngine) -> TokenizeResponse:
+def _tokenize(body: TokenizeRequest, engine: AsyncEngine, parse_special_in_content: bool) -> TokenizeResponse:
     tok = engine.tokenizer
     if body.messages is not None:
-        ids = chat_prompt_ids(engine, body.messages, body.add_generation_prompt is not False)
+        ids = chat_prompt_ids(engine, body.messages, body.add_generation_prompt is not False,
+                              parse_special_in_content=parse_special_in_content)
         if body.add_special_tokens and tok.bos_token_id is not None and ids[:1] != [tok.bos_token_id]:
             ids = [tok.bos_token_id] + ids
     else:

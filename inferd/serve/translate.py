@@ -143,18 +143,21 @@ def encode_text(engine: AsyncEngine, text: str, param: str, *, add_special_token
                 max_tokens: int | None = None) -> list[int]:
     """Tokenize user text; refuse it as too long before tokenizing when its size alone proves it
     cannot fit `max_tokens` (a multi-megabyte prompt costs seconds of tokenizer time otherwise)."""
-    tok = engine.tokenizer
     if max_tokens is not None:
-        at_least = tok.min_tokens(text)
-        if at_least >= max_tokens:
-            raise PromptTooLong(param, f"this model's maximum context length is {max_tokens} tokens; "
-                                f"the prompt has at least {at_least} tokens "
-                                f"({len(text.encode('utf-8', 'surrogatepass'))} bytes)")
+        refuse_if_cannot_fit(engine, text, param, max_tokens)
     try:
-        return tok.encode(text, add_special_tokens=add_special_tokens)
+        return engine.tokenizer.encode(text, add_special_tokens=add_special_tokens)
     except (TypeError, ValueError) as exc:  # e.g. a lone surrogate ("\ud800") is no UTF-8 text
         raise bad_request(f"'{param}' could not be tokenized: {_unicode_hint(text)}{exc}",
                           param=param) from None
+
+
+def refuse_if_cannot_fit(engine: AsyncEngine, text: str, param: str, max_tokens: int) -> None:
+    at_least = engine.tokenizer.min_tokens(text)
+    if at_least >= max_tokens:
+        raise PromptTooLong(param, f"this model's maximum context length is {max_tokens} tokens; "
+                            f"the prompt has at least {at_least} tokens "
+                            f"({len(text.encode('utf-8', 'surrogatepass'))} bytes)")
 
 
 def _unicode_hint(text: str) -> str:
@@ -167,15 +170,24 @@ def _unicode_hint(text: str) -> str:
 
 def chat_prompt_ids(engine: AsyncEngine, messages: list[ChatMessage],
                     add_generation_prompt: bool = True, param: str = "messages",
-                    max_tokens: int | None = None) -> list[int]:
-    """max_tokens: refuse early (PromptTooLong) a conversation that cannot fit this many tokens."""
+                    max_tokens: int | None = None, parse_special_in_content: bool = False) -> list[int]:
+    """max_tokens: refuse early (PromptTooLong) a conversation that cannot fit this many tokens.
+    Control-token text inside messages stays text unless parse_special_in_content."""
     dicts = message_dicts(messages, param)
+    tok = engine.tokenizer
     try:
-        text = engine.tokenizer.apply_chat_template(dicts, add_generation_prompt=add_generation_prompt)
+        text = tok.apply_chat_template(dicts, add_generation_prompt=add_generation_prompt)
     except Exception as exc:  # a template may refuse a conversation (e.g. roles must alternate)
         raise bad_request(f"could not apply the chat template: {exc}", param=param) from None
-    # The template writes special tokens itself; adding them again would double the BOS.
-    return encode_text(engine, text, param, add_special_tokens=False, max_tokens=max_tokens)
+    if parse_special_in_content or not any(tok.holds_control_text(d["content"]) for d in dicts):
+        # The template writes special tokens itself; adding them again would double the BOS.
+        return encode_text(engine, text, param, add_special_tokens=False, max_tokens=max_tokens)
+    if max_tokens is not None:
+        refuse_if_cannot_fit(engine, text, param, max_tokens)
+    try:
+        return tok.encode_rendered_chat(text, dicts, add_generation_prompt)
+    except (TypeError, ValueError) as exc:
+        raise bad_request(f"could not encode the conversation: {exc}", param=param) from None
 
 
 def num_prompts(prompt: Any) -> int:
@@ -296,11 +308,13 @@ def chat_params(req: ChatCompletionRequest, engine: AsyncEngine, ids: list[int])
     return _finalize(engine, ids, fields, req.max_tokens, "max_tokens")
 
 
-def chat_inputs(req: ChatCompletionRequest, engine: AsyncEngine) -> tuple[list[int], SamplingParams]:
+def chat_inputs(req: ChatCompletionRequest, engine: AsyncEngine,
+                parse_special_in_content: bool = False) -> tuple[list[int], SamplingParams]:
     """Prompt ids and sampling parameters of a chat request. Tokenizes: run it off the event loop."""
     engine.check_size(1, 1 if req.n is None else max(req.n, 1))
     ids = chat_prompt_ids(engine, req.messages, req.add_generation_prompt is not False,
-                          max_tokens=engine.engine.max_seq_tokens)
+                          max_tokens=engine.engine.max_seq_tokens,
+                          parse_special_in_content=parse_special_in_content)
     return ids, chat_params(req, engine, ids)
 
 
