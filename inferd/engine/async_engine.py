@@ -43,6 +43,7 @@ class NewRequest:
     prompt: PromptInput
     params: SamplingParams
     prompt_token_ids: list[int]
+    cache_salt: str | None = None  # prefix-cache isolation (a tenant, vLLM's cache_salt)
 
 
 @dataclass
@@ -53,6 +54,7 @@ class _Pending:
     prompt_token_ids: list[int]
     queue: asyncio.Queue
     loop: asyncio.AbstractEventLoop
+    cache_salt: str | None = None
 
 
 class AsyncEngine:
@@ -131,8 +133,8 @@ class AsyncEngine:
                 if r.request_id in known:
                     raise ValueError(f"duplicate request id {r.request_id!r}")
                 known.add(r.request_id)
-            pending = [_Pending(r.request_id, r.prompt, r.params, r.prompt_token_ids, asyncio.Queue(), loop)
-                       for r in requests]
+            pending = [_Pending(r.request_id, r.prompt, r.params, r.prompt_token_ids, asyncio.Queue(), loop,
+                                r.cache_salt) for r in requests]
             self._inbox.extend(pending)
         self._wake.set()
         return [self._stream(p) for p in pending]
@@ -194,7 +196,8 @@ class AsyncEngine:
             aborts, self._aborts = self._aborts, []
             for p in inbox:
                 try:
-                    self.engine.add_request(p.request_id, p.prompt, p.params, p.prompt_token_ids)
+                    self.engine.add_request(p.request_id, p.prompt, p.params, p.prompt_token_ids,
+                                            cache_salt=p.cache_salt)
                     self._streams[p.request_id] = p
                 except Exception as exc:  # validated already; anything left is this request's alone
                     failed.append((p, exc))

@@ -118,7 +118,8 @@ class LLMEngine:
             params.top_k = 0  # at or above the vocabulary, top-k keeps everything
 
     def add_request(self, request_id: str, prompt: PromptInput, params: SamplingParams,
-                    prompt_token_ids: list[int] | None = None) -> Request:
+                    prompt_token_ids: list[int] | None = None, cache_salt: str | None = None) -> Request:
+        """cache_salt: reuse prefix-cache blocks only of requests with the same salt (a tenant)."""
         if request_id in self.requests:
             raise ValueError(f"duplicate request id {request_id!r}")
         if prompt_token_ids is None:
@@ -126,7 +127,7 @@ class LLMEngine:
         else:
             text, ids = (prompt if isinstance(prompt, str) else None), list(prompt_token_ids)
         self.validate_length(len(ids), params)
-        req = Request(request_id, text, ids, params)
+        req = Request(request_id, text, ids, params, cache_salt)
         for i in range(params.n):
             seq = Sequence(next(self._seq_ids), req, i)
             seed = sample_seed(params.seed, i) if params.seed is not None else self._rng.getrandbits(62)

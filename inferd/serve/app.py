@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from inferd import __version__
 from inferd.engine.async_engine import AsyncEngine
 from inferd.serve import openai, tokenizer_routes
-from inferd.serve.auth import APIKeyMiddleware
+from inferd.serve.auth import APIKeyMiddleware, tenant_of
 from inferd.serve.body_limit import DEFAULT_MAX_REQUEST_BYTES, BodyLimitMiddleware
 from inferd.serve.errors import install_error_handlers
 from inferd.serve.metrics import ServerMetrics
@@ -26,13 +26,19 @@ log = logging.getLogger(__name__)
 
 
 def build_app(engines: dict[str, AsyncEngine], *, hidden_aliases: dict[str, AsyncEngine] | None = None,
-              api_key: str | None = None,
+              api_key: str | None = None, api_keys: dict[str, str] | None = None,
+              shared_prefix_cache: bool = False,
               metrics_compat: str | None = None, drain: DrainState | None = None,
               max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
               parse_special_in_messages: bool = False) -> FastAPI:
     """engines maps every served model name (aliases included) to its engine; hidden_aliases
     are served too but not listed in /v1/models. parse_special_in_messages lets control-token
-    text in chat messages become control tokens (off: a user cannot forge a system turn)."""
+    text in chat messages become control tokens (off: a user cannot forge a system turn).
+    api_keys maps keys to tenants (api_key: one key); each tenant's prefix cache is its own
+    unless shared_prefix_cache."""
+    keys = dict(api_keys or {})
+    if api_key:
+        keys.setdefault(api_key, tenant_of(api_key))
     models = ServedModels(engines, hidden_aliases)
     metrics = ServerMetrics(metrics_compat)
     for name, engine in models.engines().items():
@@ -45,7 +51,8 @@ def build_app(engines: dict[str, AsyncEngine], *, hidden_aliases: dict[str, Asyn
     app.state.metrics = metrics
     app.state.drain = drain
     app.state.parse_special_in_messages = parse_special_in_messages
-    app.state.api_key_required = bool(api_key)  # open routes then do not list the served models
+    app.state.api_key_required = bool(keys)
+    app.state.shared_prefix_cache = shared_prefix_cache  # open routes then do not list the served models
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(tokenizer_routes.router)
@@ -77,7 +84,7 @@ def build_app(engines: dict[str, AsyncEngine], *, hidden_aliases: dict[str, Asyn
     # Added last = outermost: the drain gate sees every request, then the key is checked (a
     # caller without the key is refused before its body is read), then the body is capped.
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes)
-    if api_key:
-        app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    if keys:
+        app.add_middleware(APIKeyMiddleware, api_keys=keys)
     app.add_middleware(DrainMiddleware, state=drain)
     return app

@@ -35,7 +35,11 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
                         "(default: $INFERD_API_KEY; a key on the command line is visible in `ps`: "
                         "prefer the variable or --api-key-file)")
     s.add_argument("--api-key-file", default=None, metavar="FILE",
-                   help="read the API key from FILE (its first line)")
+                   help="read API keys from FILE: one per line, optionally 'TENANT KEY' (keys of one "
+                        "tenant share a prefix cache)")
+    s.add_argument("--shared-prefix-cache", action="store_true",
+                   help="let requests of different API keys reuse each other's prefix-cache blocks "
+                        "(default: each tenant's own, so cached_tokens cannot reveal others' prompts)")
     s.add_argument("--metrics-compat", default=None, choices=["vllm"],
                    help="also publish /metrics series under vLLM's names")
     s.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES, metavar="BYTES",
@@ -58,24 +62,30 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--disable-access-log", action="store_true", help="do not log each HTTP request")
 
 
-def _api_key(args: argparse.Namespace) -> str | None:
-    """--api-key-file, --api-key or $INFERD_API_KEY, in that order."""
+def _api_keys(args: argparse.Namespace) -> dict[str, str]:
+    """Key -> tenant, from --api-key-file, else --api-key, else $INFERD_API_KEY ({}: no key).
+    A key file holds one key per line, optionally after a tenant name ("TENANT KEY"); keys of one
+    tenant share its prefix cache, a key without a name is a tenant of its own."""
+    from inferd.serve.auth import tenant_of
     from inferd.serve.config_file import ConfigError
 
     if args.api_key_file:
         try:
             with open(args.api_key_file, encoding="utf-8") as f:
-                key = f.readline().strip()
+                lines = [line.split() for line in f if line.strip() and not line.lstrip().startswith("#")]
         except OSError as exc:
             raise ConfigError(f"cannot read --api-key-file {args.api_key_file}: {exc.strerror or exc}") from None
-        if not key:
+        if not lines:
             raise ConfigError(f"--api-key-file {args.api_key_file} is empty")
-        return key
-    if args.api_key:
+        if any(len(parts) > 2 for parts in lines):
+            raise ConfigError(f"--api-key-file {args.api_key_file}: each line is KEY or TENANT KEY")
+        return {parts[-1]: parts[0] if len(parts) == 2 else tenant_of(parts[-1]) for parts in lines}
+    key = args.api_key
+    if key:
         log.warning("--api-key on the command line is visible to every user of this machine (ps); "
                     "prefer INFERD_API_KEY or --api-key-file")
-        return args.api_key
-    return os.environ.get("INFERD_API_KEY") or None
+    key = key or os.environ.get("INFERD_API_KEY")
+    return {key: tenant_of(key)} if key else {}
 
 
 def add_serve_parser(subparsers) -> None:
@@ -108,7 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     specs = model_specs(args, _defaults())  # also applies --config onto args
     check_unique(specs)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    api_key = _api_key(args)
+    api_keys = _api_keys(args)
 
     engines: list[AsyncEngine] = []
     try:
@@ -123,7 +133,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             for name in spec.hidden_aliases:
                 hidden[name] = engine
         drain = DrainState()
-        app = build_app(served, hidden_aliases=hidden, api_key=api_key, metrics_compat=args.metrics_compat,
+        app = build_app(served, hidden_aliases=hidden, api_keys=api_keys,
+                        shared_prefix_cache=args.shared_prefix_cache, metrics_compat=args.metrics_compat,
                         drain=drain, max_request_bytes=args.max_request_bytes,
                         parse_special_in_messages=args.parse_special_tokens_in_messages)
         max_connections = args.max_connections or default_max_connections()
@@ -147,7 +158,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server = GracefulServer(config, drain, args.shutdown_timeout, on_drain=stop_engines_accepting,
                                 on_deadline=end_requests_in_flight)
         print(f"inferd: serving {', '.join(served)} at http://{args.host}:{args.port}/v1"
-              f"{' (API key required)' if api_key else ''}", file=sys.stderr, flush=True)
+              f"{' (API key required)' if api_keys else ''}", file=sys.stderr, flush=True)
         server.run()
         return 0 if server.started else 1
     finally:

@@ -8,6 +8,7 @@ the scheduler or KV blocks; leaving early aborts the engine requests and the eng
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -55,6 +56,15 @@ CLIENT_CLOSED = 499  # nginx's code for "client closed request"; nobody reads it
 
 def served(request: Request) -> ServedModels:
     return request.app.state.models
+
+
+def cache_salt(request: Request, body: ChatCompletionRequest | CompletionRequest) -> str | None:
+    """Whose prefix-cache blocks this request may reuse: its tenant's (the API key's, so a caller
+    cannot probe others' prompts through cached_tokens) and, within it, its own cache_salt's."""
+    tenant = None if request.app.state.shared_prefix_cache else getattr(request.state, "tenant", None)
+    if tenant is None and body.cache_salt is None:
+        return None
+    return json.dumps([tenant, body.cache_salt])
 
 
 def _usage(prompt_tokens: int, completion_tokens: int, cached: int = 0) -> Usage:
@@ -136,7 +146,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                                           request.app.state.parse_special_in_messages)
     rid = f"chatcmpl-{uuid.uuid4().hex}"
     sub = Submission(engine)
-    await sub.add([NewRequest(rid, ids, params, ids)])
+    await sub.add([NewRequest(rid, ids, params, ids, cache_salt(request, body))])
     fmt = LogprobFormatter(engine.tokenizer)
     top_n = body.top_logprobs or 0
     extras = _Extras.of(body)
@@ -218,7 +228,8 @@ async def completions(body: CompletionRequest, request: Request):
     prompts, params = await asyncio.to_thread(completion_inputs, body, engine)
     rid = f"cmpl-{uuid.uuid4().hex}"
     sub = Submission(engine)
-    await sub.add([NewRequest(f"{rid}-{i}", ids, params[i], ids) for i, (_, ids) in enumerate(prompts)])
+    salt = cache_salt(request, body)
+    await sub.add([NewRequest(f"{rid}-{i}", ids, params[i], ids, salt) for i, (_, ids) in enumerate(prompts)])
     view = _CompletionView(body, prompts, params[0].n, LogprobFormatter(engine.tokenizer))
     extras = _Extras.of(body)
     if body.stream:

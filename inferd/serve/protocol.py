@@ -50,6 +50,7 @@ class SamplingRequest(_Request):
     skip_special_tokens: bool | None = True
     include_stop_str_in_output: bool | None = False
     return_token_ids: bool | None = False  # prompt_token_ids and token_ids in the response
+    cache_salt: str | None = None  # prefix-cache blocks shared only with requests of equal salt
 
 
 class ContentPart(_Request):

@@ -45,7 +45,7 @@ UNSUPPORTED_FIELDS = {
     "chat_template": "per-request chat templates", "chat_template_kwargs": "chat template arguments",
     "documents": "documents", "return_tokens_as_token_ids": "return_tokens_as_token_ids",
     "modalities": "output modalities other than text", "priority": "request priorities",
-    "echo": "echo for chat (use /v1/completions)", "cache_salt": "cache_salt",
+    "echo": "echo for chat (use /v1/completions)",
     "spaces_between_special_tokens": "spaces_between_special_tokens",
     "kv_transfer_params": "KV transfer", "vllm_xargs": "vllm_xargs", "mm_processor_kwargs": "multimodal input",
 }

@@ -95,21 +95,27 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     assert "unknown setting 'warp_speed'" in capsys.readouterr().err
 
 
-def test_api_key_from_a_file_or_the_environment(tmp_path, monkeypatch):
-    from inferd.serve.cli import _api_key
+def test_api_keys_from_a_file_or_the_environment(tmp_path, monkeypatch):
+    from inferd.serve.auth import tenant_of
+    from inferd.serve.cli import _api_keys
 
-    key_file = tmp_path / "key"
-    key_file.write_text("sk-from-file\n")
+    key_file = tmp_path / "keys"
+    key_file.write_text("# team keys\nsk-alone\nacme sk-a1\nacme sk-a2\n\n")
     monkeypatch.setenv("INFERD_API_KEY", "sk-from-env")
     args, _ = specs_for(["--api-key-file", str(key_file)])
-    assert _api_key(args) == "sk-from-file"
+    assert _api_keys(args) == {"sk-alone": tenant_of("sk-alone"), "sk-a1": "acme", "sk-a2": "acme"}
+    assert "sk-alone" not in tenant_of("sk-alone")
     args, _ = specs_for([])
-    assert _api_key(args) == "sk-from-env"
-    (tmp_path / "empty").write_text("\n")
-    for path, message in ((tmp_path / "empty", "is empty"), (tmp_path / "missing", "cannot read")):
+    assert _api_keys(args) == {"sk-from-env": tenant_of("sk-from-env")}
+    monkeypatch.delenv("INFERD_API_KEY")
+    assert _api_keys(specs_for([])[0]) == {}
+    (tmp_path / "empty").write_text("\n# nothing\n")
+    (tmp_path / "bad").write_text("a b c\n")
+    for path, message in ((tmp_path / "empty", "is empty"), (tmp_path / "missing", "cannot read"),
+                          (tmp_path / "bad", "TENANT KEY")):
         args, _ = specs_for(["--api-key-file", str(path)])
         with pytest.raises(ConfigError, match=message):
-            _api_key(args)
+            _api_keys(args)
 
 
 def test_access_log_never_holds_a_key_from_the_query_string():
