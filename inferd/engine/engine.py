@@ -7,6 +7,7 @@ The engine is synchronous and single-threaded; `AsyncEngine` drives it from a th
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from inferd.config import EngineConfig
 from inferd.engine.detokenizer import IncrementalDetokenizer
 from inferd.engine.kv_cache import BlockPool
-from inferd.engine.runner import ModelRunner, plan_num_blocks
+from inferd.engine.runner import ModelRunner, kv_block_bytes, plan_num_blocks
 from inferd.engine.sampler import make_generator, sample_seed
 from inferd.engine.scheduler import Scheduler
 from inferd.engine.sequence import Request, SeqStatus, Sequence
@@ -24,6 +25,7 @@ from inferd.outputs import CompletionOutput, RequestOutput
 from inferd.sampling_params import InvalidParameter, SamplingParams
 
 PromptInput = str | list[int]
+log = logging.getLogger(__name__)
 
 
 class PromptTooLong(InvalidParameter):
@@ -38,6 +40,8 @@ class EngineStats:
     prefix_cache_hit_rate: float
     num_preemptions: int
     num_blocks: int
+    block_size: int = 0
+    kv_cache_bytes: int = 0  # the pool's reserved size
 
 
 class EngineObserver:
@@ -55,7 +59,14 @@ class LLMEngine:
         self.loaded = loaded or load_model(config.model)
         self.tokenizer = self.loaded.tokenizer
         self.max_model_len = self.loaded.max_model_len
-        num_blocks = plan_num_blocks(self.loaded, config.cache, self.loaded.dtype)
+        num_blocks = plan_num_blocks(self.loaded, config.cache, self.loaded.dtype,
+                                     config.scheduler.max_num_seqs, self.max_model_len)
+        self.kv_cache_bytes = num_blocks * kv_block_bytes(self.loaded, config.cache, self.loaded.dtype)
+        log.info("KV cache: %d blocks of %d tokens = %d tokens (%.2f GiB)%s", num_blocks,
+                 config.cache.block_size, num_blocks * config.cache.block_size, self.kv_cache_bytes / 2**30,
+                 "" if config.cache.kv_cache_memory_gib is not None else
+                 f", sized for {config.scheduler.max_num_seqs} sequences of {self.max_model_len} tokens "
+                 f"within {config.cache.memory_fraction:.0%} of free memory")
         self.pool = BlockPool(num_blocks, config.cache.block_size, config.cache.enable_prefix_caching)
         self.runner = ModelRunner(self.loaded, config.cache, num_blocks)
         self.scheduler = Scheduler(config.scheduler, self.pool, self.max_model_len)
@@ -166,7 +177,8 @@ class LLMEngine:
 
     def stats(self) -> EngineStats:
         return EngineStats(self.scheduler.num_running, self.num_waiting_seqs, self.pool.usage,
-                           self.pool.hit_rate, self.scheduler.num_preemptions, self.pool.num_blocks)
+                           self.pool.hit_rate, self.scheduler.num_preemptions, self.pool.num_blocks,
+                           self.pool.block_size, self.kv_cache_bytes)
 
     # ---- the loop -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:

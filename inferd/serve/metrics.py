@@ -59,6 +59,8 @@ class Scheme:
     prefix_queries: str | None
     spec_draft: str
     spec_accepted: str
+    kv_capacity: str | None = None  # tokens the KV pool holds
+    kv_bytes: str | None = None  # memory the KV pool takes
 
 
 INFERD = Scheme(
@@ -71,7 +73,8 @@ INFERD = Scheme(
     waiting="inferd_num_requests_waiting", kv_usage="inferd_kv_cache_usage_ratio",
     prefix_hit_rate="inferd_prefix_cache_hit_rate", prefix_hits="inferd_prefix_cache_hits",
     prefix_queries="inferd_prefix_cache_queries",
-    spec_draft="inferd_spec_decode_num_draft_tokens", spec_accepted="inferd_spec_decode_num_accepted_tokens")
+    spec_draft="inferd_spec_decode_num_draft_tokens", spec_accepted="inferd_spec_decode_num_accepted_tokens",
+    kv_capacity="inferd_kv_cache_capacity_tokens", kv_bytes="inferd_kv_cache_memory_bytes")
 
 VLLM = Scheme(
     label="model_name", reason_label="finished_reason",
@@ -180,6 +183,11 @@ class _EngineCollector(Collector):
                                                    "prefix cache.", labels=lbl)
                 fams["queries"] = CounterMetricFamily(sc.prefix_queries, "Prompt tokens looked up in "
                                                       "the prefix cache.", labels=lbl)
+            if sc.kv_capacity and sc.kv_bytes:
+                fams["kv_capacity"] = GaugeMetricFamily(sc.kv_capacity, "Tokens the KV-cache pool holds "
+                                                        "(blocks x block size).", labels=lbl)
+                fams["kv_bytes"] = GaugeMetricFamily(sc.kv_bytes, "Bytes the KV-cache pool takes "
+                                                     "(reserved; pages are touched as used).", labels=lbl)
             spec_draft = CounterMetricFamily(sc.spec_draft, "Draft tokens proposed by speculative "
                                              "decoding.", labels=lbl)
             spec_acc = CounterMetricFamily(sc.spec_accepted, "Draft tokens accepted by the target "
@@ -191,6 +199,9 @@ class _EngineCollector(Collector):
                 fams["waiting"].add_metric([model], stats.num_waiting)
                 fams["kv"].add_metric([model], stats.kv_cache_usage)
                 fams["preempt"].add_metric([model], stats.num_preemptions)
+                if "kv_capacity" in fams:
+                    fams["kv_capacity"].add_metric([model], stats.num_blocks * stats.block_size)
+                    fams["kv_bytes"].add_metric([model], stats.kv_cache_bytes)
                 if "hit_rate" in fams:
                     fams["hit_rate"].add_metric([model], stats.prefix_cache_hit_rate)
                 if "hits" in fams:

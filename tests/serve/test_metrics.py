@@ -20,7 +20,8 @@ METRICS_MD = Path(__file__).resolve().parents[2] / "README.md"
 
 def fake_engine(speculator=None, running=3, waiting=2):
     stats = EngineStats(num_running=running, num_waiting=waiting, kv_cache_usage=0.25,
-                        prefix_cache_hit_rate=0.5, num_preemptions=4, num_blocks=100)
+                        prefix_cache_hit_rate=0.5, num_preemptions=4, num_blocks=100, block_size=16,
+                        kv_cache_bytes=3 * 2**20)
     inner = SimpleNamespace(observer=None, speculator=speculator, pool=SimpleNamespace(hits=30, queries=60))
     return SimpleNamespace(engine=inner, stats=lambda: stats)
 
