@@ -115,8 +115,12 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: frozenset[int]) 
         rows = torch.tensor(random_rows, device=logits.device)
         scores = filter_logits(processed[rows], [seqs[i] for i in random_rows])
         probs = scores.softmax(dim=-1)
+        # A row whose parameters overflow (a repetition_penalty of 1e-300 divides logits into inf)
+        # has no distribution; it takes its top token instead of failing the whole batch.
+        usable = (torch.isfinite(probs).all(dim=-1) & (probs.sum(dim=-1) > 0)).tolist()
         for j, i in enumerate(random_rows):
-            tokens[i] = torch.multinomial(probs[j], 1, generator=seqs[i].generator)[0]
+            if usable[j]:
+                tokens[i] = torch.multinomial(probs[j], 1, generator=seqs[i].generator)[0]
     token_list = tokens.tolist()
     want_lp = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
     logprobs: list[TokenLogprobs | None] = [None] * len(seqs)

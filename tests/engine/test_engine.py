@@ -114,6 +114,18 @@ def test_seeds_equal_modulo_2_32_sample_differently(tiny):
     assert sample(5, n=2)[1] != sample(6)[0]
 
 
+def test_overflowing_parameters_do_not_fail_the_batch(tiny):
+    """repetition_penalty=5e-324 turns logits into inf, so that row has no distribution to sample:
+    it must not raise inside the batch (which failed every request in flight)."""
+    prompts = prompts_for(tiny, 2)
+    odd = SamplingParams(temperature=1.0, repetition_penalty=5e-324, max_tokens=6, ignore_eos=True, seed=1)
+    normal = SamplingParams(temperature=1.0, max_tokens=6, ignore_eos=True, seed=2)
+    outs = tiny.generate(prompts, [odd, normal])
+    assert [len(o.outputs[0].token_ids) for o in outs] == [6, 6]
+    alone = tiny.generate([prompts[1]], normal)[0].outputs[0].token_ids
+    assert outs[1].outputs[0].token_ids == alone  # the neighbour is unaffected
+
+
 def test_stop_string_spanning_tokens_is_caught_and_not_emitted(tiny):
     prompt = prompts_for(tiny, 1)[0]
     full = tiny.generate([prompt], SamplingParams(temperature=0, max_tokens=30, ignore_eos=True))[0].outputs[0]
