@@ -7,6 +7,7 @@ The engine is synchronous and single-threaded; `AsyncEngine` drives it from a th
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 from inferd.config import EngineConfig
 from inferd.engine.detokenizer import IncrementalDetokenizer
 from inferd.engine.kv_cache import BlockPool
-from inferd.engine.runner import ModelRunner, plan_num_blocks
-from inferd.engine.sampler import make_generator
+from inferd.engine.runner import ModelRunner, kv_block_bytes, plan_num_blocks
+from inferd.engine.sampler import make_generator, sample_seed
 from inferd.engine.scheduler import Scheduler
 from inferd.engine.sequence import Request, SeqStatus, Sequence
 from inferd.model.loader import LoadedModel, load_model
@@ -24,6 +25,7 @@ from inferd.outputs import CompletionOutput, RequestOutput
 from inferd.sampling_params import InvalidParameter, SamplingParams
 
 PromptInput = str | list[int]
+log = logging.getLogger(__name__)
 
 
 class PromptTooLong(InvalidParameter):
@@ -38,6 +40,8 @@ class EngineStats:
     prefix_cache_hit_rate: float
     num_preemptions: int
     num_blocks: int
+    block_size: int = 0
+    kv_cache_bytes: int = 0  # the pool's reserved size
 
 
 class EngineObserver:
@@ -55,13 +59,23 @@ class LLMEngine:
         self.loaded = loaded or load_model(config.model)
         self.tokenizer = self.loaded.tokenizer
         self.max_model_len = self.loaded.max_model_len
-        num_blocks = plan_num_blocks(self.loaded, config.cache, self.loaded.dtype)
+        num_blocks = plan_num_blocks(self.loaded, config.cache, self.loaded.dtype,
+                                     config.scheduler.max_num_seqs, self.max_model_len)
+        self.kv_cache_bytes = num_blocks * kv_block_bytes(self.loaded, config.cache, self.loaded.dtype)
+        log.info("KV cache: %d blocks of %d tokens = %d tokens (%.2f GiB)%s", num_blocks,
+                 config.cache.block_size, num_blocks * config.cache.block_size, self.kv_cache_bytes / 2**30,
+                 "" if config.cache.kv_cache_memory_gib is not None else
+                 f", sized for {config.scheduler.max_num_seqs} sequences of {self.max_model_len} tokens "
+                 f"within {config.cache.memory_fraction:.0%} of free memory")
         self.pool = BlockPool(num_blocks, config.cache.block_size, config.cache.enable_prefix_caching)
         self.runner = ModelRunner(self.loaded, config.cache, num_blocks)
         self.scheduler = Scheduler(config.scheduler, self.pool, self.max_model_len)
         self.requests: dict[str, Request] = {}
         self._seq_ids = itertools.count()
         self._rng = random.Random(config.model.seed)
+        # Siblings of n>1 requests not yet handed to the scheduler (they join after the first
+        # token); they are queued work all the same, and admission control counts them.
+        self._num_deferred_seqs = 0
         self.observer: EngineObserver = EngineObserver()
         self.speculator = None  # set by inferd.spec when speculative decoding is on
         if config.speculative.method:
@@ -79,6 +93,11 @@ class LLMEngine:
         if bad:
             raise InvalidParameter("prompt", f"prompt token ids out of range [0, {vocab}): {bad[:5]}")
         return None, ids
+
+    @property
+    def num_waiting_seqs(self) -> int:
+        """Sequences queued but not running: the scheduler's waiting ones plus deferred siblings."""
+        return self.scheduler.num_waiting + self._num_deferred_seqs
 
     @property
     def max_seq_tokens(self) -> int:
@@ -110,7 +129,8 @@ class LLMEngine:
             params.top_k = 0  # at or above the vocabulary, top-k keeps everything
 
     def add_request(self, request_id: str, prompt: PromptInput, params: SamplingParams,
-                    prompt_token_ids: list[int] | None = None) -> Request:
+                    prompt_token_ids: list[int] | None = None, cache_salt: str | None = None) -> Request:
+        """cache_salt: reuse prefix-cache blocks only of requests with the same salt (a tenant)."""
         if request_id in self.requests:
             raise ValueError(f"duplicate request id {request_id!r}")
         if prompt_token_ids is None:
@@ -118,16 +138,17 @@ class LLMEngine:
         else:
             text, ids = (prompt if isinstance(prompt, str) else None), list(prompt_token_ids)
         self.validate_length(len(ids), params)
-        req = Request(request_id, text, ids, params)
+        req = Request(request_id, text, ids, params, cache_salt)
         for i in range(params.n):
             seq = Sequence(next(self._seq_ids), req, i)
-            seed = params.seed + i if params.seed is not None else self._rng.getrandbits(62)
+            seed = sample_seed(params.seed, i) if params.seed is not None else self._rng.getrandbits(62)
             seq.generator = make_generator(seed, self.loaded.device) if not params.greedy else None
             seq.detok = IncrementalDetokenizer(self.tokenizer, ids, params.stop,
                                                params.skip_special_tokens,
                                                params.include_stop_str_in_output)
             req.seqs.append(seq)
         self.requests[request_id] = req
+        self._num_deferred_seqs += len(req.seqs) - 1
         # Siblings of an n>1 request join once the first has computed the prompt, so they reuse
         # its cached blocks instead of computing the prompt n times.
         self.scheduler.add(req.seqs[0])
@@ -138,6 +159,8 @@ class LLMEngine:
         if req is None:
             return None
         req.aborted = True
+        if req.timing.first_token is None:  # its siblings never joined the scheduler
+            self._num_deferred_seqs -= len(req.seqs) - 1
         for seq in req.seqs:
             if not seq.finished:
                 self.scheduler.remove(seq)
@@ -153,8 +176,9 @@ class LLMEngine:
         return bool(self.requests)
 
     def stats(self) -> EngineStats:
-        return EngineStats(self.scheduler.num_running, self.scheduler.num_waiting, self.pool.usage,
-                           self.pool.hit_rate, self.scheduler.num_preemptions, self.pool.num_blocks)
+        return EngineStats(self.scheduler.num_running, self.num_waiting_seqs, self.pool.usage,
+                           self.pool.hit_rate, self.scheduler.num_preemptions, self.pool.num_blocks,
+                           self.pool.block_size, self.kv_cache_bytes)
 
     # ---- the loop -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -215,6 +239,7 @@ class LLMEngine:
             self.observer.on_first_token(req, now)
             for sib in req.seqs[1:]:
                 self.scheduler.add(sib)
+            self._num_deferred_seqs -= len(req.seqs) - 1
         else:
             self.observer.on_token(req, seq, now - (req.timing.last_token or now))
         req.timing.last_token = now

@@ -6,6 +6,8 @@ Plain Python over integers; the tensors themselves live in the runner. Invariant
 - every other block is either referenced (ref_count > 0) or in the free queue, never both;
 - a full block that was computed gets a hash chained from its parent's hash and its token ids;
   a hit is confirmed by comparing token ids, so a hash collision never serves another's KV;
+- the chain of a request with a cache salt (its tenant, vLLM's `cache_salt`) starts from the salt,
+  so its blocks are found only by requests with the same salt;
 - freed blocks keep their hash and stay reusable until evicted, least recently freed first.
 """
 
@@ -21,6 +23,11 @@ NULL_BLOCK = 0
 
 def chain_hash(parent: int | None, tokens: tuple[int, ...]) -> int:
     return hash((parent, tokens))
+
+
+def salt_root(salt: str | None) -> int | None:
+    """The parent hash of a salted chain's first block (None: the shared, unsalted chain)."""
+    return None if salt is None else hash(("cache-salt", salt))
 
 
 @dataclass
@@ -73,7 +80,7 @@ class BlockPool:
             return 0
         bs = self.block_size
         max_blocks = (seq.num_tokens - 1) // bs
-        parent: int | None = None
+        parent = salt_root(seq.request.cache_salt)
         matched: list[int] = []
         hashes: list[int] = []
         for i in range(max_blocks):
@@ -104,7 +111,7 @@ class BlockPool:
         full = seq.num_computed_tokens // bs
         while len(seq.block_hashes) < full:
             i = len(seq.block_hashes)
-            parent = seq.block_hashes[-1] if seq.block_hashes else None
+            parent = seq.block_hashes[-1] if seq.block_hashes else salt_root(seq.request.cache_salt)
             tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
             h = chain_hash(parent, tokens)
             seq.block_hashes.append(h)

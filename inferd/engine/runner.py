@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import psutil
 import torch
 
@@ -50,17 +51,39 @@ def kv_block_bytes(loaded: LoadedModel, cache: CacheConfig, dtype: torch.dtype) 
     return 2 * a.num_layers * cache.block_size * a.num_kv_heads * per_token_head
 
 
-def plan_num_blocks(loaded: LoadedModel, cache: CacheConfig, dtype: torch.dtype) -> int:
-    """Blocks that fit the configured memory (GiB), or a fraction of free memory capped."""
+def plan_num_blocks(loaded: LoadedModel, cache: CacheConfig, dtype: torch.dtype,
+                    max_num_seqs: int | None = None, max_model_len: int | None = None) -> int:
+    """Blocks that fit the configured memory (GiB); or, sized from free memory, what the workload
+    can use (max_num_seqs full-length sequences) capped by a fraction of free memory."""
+    per_block = kv_block_bytes(loaded, cache, dtype)
     if cache.kv_cache_memory_gib is not None:
-        budget = cache.kv_cache_memory_gib * GIB
-    elif loaded.device.type == "cuda":
+        return max(2, int(cache.kv_cache_memory_gib * GIB // per_block))
+    if loaded.device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(loaded.device)
         budget = min(free * 0.8, free * max(cache.memory_fraction, 0.5))
     else:
         budget = min(psutil.virtual_memory().available * cache.memory_fraction,
                      cache.max_kv_cache_gib * GIB)
-    return max(2, int(budget // kv_block_bytes(loaded, cache, dtype)))
+    blocks = int(budget // per_block)
+    if max_num_seqs and max_model_len:  # more could never be held at once (+1: the null block)
+        blocks = min(blocks, max_num_seqs * -(-max_model_len // cache.block_size) + 1)
+    return max(2, blocks)
+
+
+ALIGN = 64
+
+
+def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Zeros that take no memory until written, on CPU: calloc'd pages the kernel maps on first
+    touch (torch.zeros writes every byte, so an idle server held its whole KV pool resident)."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    nbytes = dtype.itemsize
+    for d in shape:
+        nbytes *= d
+    raw = np.zeros(nbytes + ALIGN, dtype=np.uint8)
+    start = -raw.ctypes.data % ALIGN  # 64-byte aligned, as torch's own allocator gives
+    return torch.from_numpy(raw[start:start + nbytes]).view(dtype).view(shape)
 
 
 class ModelRunner:
@@ -86,8 +109,8 @@ class ModelRunner:
     def _kv_store(self, cache: CacheConfig, num_blocks: int):
         a = self.loaded.arch
         if cache.kv_cache_dtype == "auto":
-            return torch.zeros(num_blocks, cache.block_size, a.num_kv_heads, a.head_dim,
-                               dtype=self.loaded.dtype, device=self.device)
+            return lazy_zeros((num_blocks, cache.block_size, a.num_kv_heads, a.head_dim),
+                              self.loaded.dtype, self.device)
         return QuantizedKV(num_blocks, cache.block_size, a.num_kv_heads, a.head_dim, cache.kv_cache_dtype,
                            self.device, self.loaded.dtype)
 

@@ -8,6 +8,7 @@ else is in the batch. Logprobs are reported from the model's raw distribution.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,15 @@ class SampleResult:
     token_ids: list[int]
     logprobs: list[TokenLogprobs | None]  # per row, when the sequence asked for logprobs
     chosen_logprobs: list[float]  # raw logprob of each chosen token
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The generator seed of sample `index` of a request seeded with `seed`. Torch's CPU generator
+    keeps only the low 32 bits of a seed, so seeds equal modulo 2^32 (5 and 2^32 + 5) sampled the
+    same text, and `seed + index` made sample 1 of seed 5 sample 0 of seed 6; a hash of both
+    leaves only chance collisions."""
+    digest = hashlib.blake2b(f"{seed}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def make_generator(seed: int, device: torch.device) -> torch.Generator:
@@ -105,8 +115,12 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: frozenset[int]) 
         rows = torch.tensor(random_rows, device=logits.device)
         scores = filter_logits(processed[rows], [seqs[i] for i in random_rows])
         probs = scores.softmax(dim=-1)
+        # A row whose parameters overflow (a repetition_penalty of 1e-300 divides logits into inf)
+        # has no distribution; it takes its top token instead of failing the whole batch.
+        usable = (torch.isfinite(probs).all(dim=-1) & (probs.sum(dim=-1) > 0)).tolist()
         for j, i in enumerate(random_rows):
-            tokens[i] = torch.multinomial(probs[j], 1, generator=seqs[i].generator)[0]
+            if usable[j]:
+                tokens[i] = torch.multinomial(probs[j], 1, generator=seqs[i].generator)[0]
     token_list = tokens.tolist()
     want_lp = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
     logprobs: list[TokenLogprobs | None] = [None] * len(seqs)

@@ -91,8 +91,9 @@ class Request:
     """A user's request: one prompt, its sampling parameters, n sequences."""
 
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
-                 params: SamplingParams):
+                 params: SamplingParams, cache_salt: str | None = None):
         self.request_id = request_id
+        self.cache_salt = cache_salt  # prefix-cache blocks are shared only among equal salts
         self.prompt = prompt
         self.prompt_token_ids = prompt_token_ids
         self.params = params

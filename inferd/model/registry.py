@@ -32,6 +32,15 @@ ALIASES = {
 DEFAULT_MODEL = "smollm2-135m"
 
 
+def bundled_aliases(model: str) -> list[str]:
+    """The other names of a bundled model (its canonical name and aliases, less `model`);
+    empty for anything else (a path)."""
+    name = ALIASES.get(model, model)
+    if name not in BUNDLED:
+        return []
+    return [n for n in [name, *(a for a, target in ALIASES.items() if target == name)] if n != model]
+
+
 def resolve_model_path(model: str) -> Path:
     """Map an alias or a local path to a `.gguf` file or a HF model directory."""
     name = ALIASES.get(model, model)

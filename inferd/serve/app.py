@@ -2,7 +2,7 @@
 
 It wires the pieces and owns nothing else: OpenAI routes, tokenizer routes, /health, /version,
 /metrics (an own registry per app), the dashboard when present, error handlers, the API-key
-check and the drain gate. Engines are created and shut down by the caller (the CLI or a test).
+check, the request body cap and the drain gate. Engines are created and shut down by the caller (the CLI or a test).
 """
 
 from __future__ import annotations
@@ -15,19 +15,32 @@ from fastapi.responses import JSONResponse, Response
 from inferd import __version__
 from inferd.engine.async_engine import AsyncEngine
 from inferd.serve import openai, tokenizer_routes
-from inferd.serve.auth import APIKeyMiddleware
+from inferd.serve.auth import APIKeyMiddleware, tenant_of
+from inferd.serve.body_limit import DEFAULT_MAX_REQUEST_BYTES, BodyLimitMiddleware
 from inferd.serve.errors import install_error_handlers
 from inferd.serve.metrics import ServerMetrics
+from inferd.serve.openapi import install_openapi
 from inferd.serve.registry import ServedModels
 from inferd.serve.shutdown import DrainMiddleware, DrainState
 
 log = logging.getLogger(__name__)
 
 
-def build_app(engines: dict[str, AsyncEngine], *, api_key: str | None = None,
-              metrics_compat: str | None = None, drain: DrainState | None = None) -> FastAPI:
-    """engines maps every served model name (aliases included) to its engine."""
-    models = ServedModels(engines)
+def build_app(engines: dict[str, AsyncEngine], *, hidden_aliases: dict[str, AsyncEngine] | None = None,
+              api_key: str | None = None, api_keys: dict[str, str] | None = None,
+              shared_prefix_cache: bool = False,
+              metrics_compat: str | None = None, drain: DrainState | None = None,
+              max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+              parse_special_in_messages: bool = False) -> FastAPI:
+    """engines maps every served model name (aliases included) to its engine; hidden_aliases
+    are served too but not listed in /v1/models. parse_special_in_messages lets control-token
+    text in chat messages become control tokens (off: a user cannot forge a system turn).
+    api_keys maps keys to tenants (api_key: one key); each tenant's prefix cache is its own
+    unless shared_prefix_cache."""
+    keys = dict(api_keys or {})
+    if api_key:
+        keys.setdefault(api_key, tenant_of(api_key))
+    models = ServedModels(engines, hidden_aliases)
     metrics = ServerMetrics(metrics_compat)
     for name, engine in models.engines().items():
         metrics.attach(name, engine)
@@ -38,7 +51,12 @@ def build_app(engines: dict[str, AsyncEngine], *, api_key: str | None = None,
     app.state.models = models
     app.state.metrics = metrics
     app.state.drain = drain
+    app.state.parse_special_in_messages = parse_special_in_messages
+    app.state.api_key_required = bool(keys)
+    app.state.shared_prefix_cache = shared_prefix_cache  # open routes then do not list the served models
     install_error_handlers(app)
+    vocabs = {(e.engine.loaded.arch.vocab_size, e.tokenizer.vocab_size) for e in models.engines().values()}
+    install_openapi(app, api_key_required=bool(keys), vocab_size=vocabs.pop() if len(vocabs) == 1 else None)
     app.include_router(openai.router)
     app.include_router(tokenizer_routes.router)
 
@@ -66,8 +84,10 @@ def build_app(engines: dict[str, AsyncEngine], *, api_key: str | None = None,
     else:
         app.include_router(dashboard_router)
 
-    # Added last = outermost: the drain gate sees every request, then the key is checked.
-    if api_key:
-        app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    # Added last = outermost: the drain gate sees every request, then the key is checked (a
+    # caller without the key is refused before its body is read), then the body is capped.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes)
+    if keys:
+        app.add_middleware(APIKeyMiddleware, api_keys=keys)
     app.add_middleware(DrainMiddleware, state=drain)
     return app

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from inferd.model.registry import DEFAULT_MODEL
+from inferd.model.registry import DEFAULT_MODEL, bundled_aliases
 
 
 class ConfigError(ValueError):
@@ -29,6 +29,8 @@ class ModelSpec:
     model: str
     names: list[str]
     overrides: dict[str, Any] = field(default_factory=dict)
+    # Served too but not listed: a bundled model's documented aliases, when no names were chosen.
+    hidden_aliases: list[str] = field(default_factory=list)
 
     def engine_args(self, args: argparse.Namespace) -> argparse.Namespace:
         ns = argparse.Namespace(**vars(args))
@@ -96,30 +98,38 @@ def model_specs(args: argparse.Namespace, defaults: dict[str, Any]) -> list[Mode
                 raise ConfigError(f"--served-model-name given {len(groups)} times for {len(models)} "
                                   "models; give it once per --model, in the same order")
             groups = [[n for g in groups for n in g]]
-        return [ModelSpec(m, list(groups[i]) if groups else [m]) for i, m in enumerate(models)]
+        return [ModelSpec(m, list(groups[i])) if groups else ModelSpec(m, [m], hidden_aliases=bundled_aliases(m))
+                for i, m in enumerate(models)]
     if args.served_model_name:
         raise ConfigError("with models in the config file, set served_model_name there")
     specs = []
     for entry in entries:
         if isinstance(entry, str):
-            specs.append(ModelSpec(entry, [entry]))
+            specs.append(ModelSpec(entry, [entry], hidden_aliases=bundled_aliases(entry)))
             continue
         if not isinstance(entry, dict) or not isinstance(entry.get("model"), str):
             raise ConfigError(f"each entry of 'models' needs a 'model' name or path, got {entry!r}")
         entry = dict(entry)
         model = entry.pop("model")
-        names = _names(entry.pop("served_model_name", entry.pop("served-model-name", None)), model)
+        chosen = entry.pop("served_model_name", entry.pop("served-model-name", None))
+        names = _names(chosen, model)
         overrides = {_dest(k, known, f"the entry for {model!r}"): v for k, v in entry.items()}
-        specs.append(ModelSpec(model, names, overrides))
+        specs.append(ModelSpec(model, names, overrides,
+                               hidden_aliases=bundled_aliases(model) if chosen is None else []))
     if not specs:
         raise ConfigError("the config file lists no models")
     return specs
 
 
 def check_unique(specs: list[ModelSpec]) -> None:
+    """Names must be unique; a hidden alias another model also claims is dropped (the model that
+    names it explicitly, or the first, keeps it)."""
     seen: dict[str, str] = {}
     for spec in specs:
         for name in spec.names:
             if name in seen:
                 raise ConfigError(f"served model name {name!r} is used twice ({seen[name]!r} and {spec.model!r})")
             seen[name] = spec.model
+    for spec in specs:
+        spec.hidden_aliases = [a for a in spec.hidden_aliases if a not in seen]
+        seen.update(dict.fromkeys(spec.hidden_aliases, spec.model))

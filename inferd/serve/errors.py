@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from inferd.engine.async_engine import EngineDead, QueueFull
+from inferd.engine.async_engine import EngineDead, QueueFull, ShuttingDown
 from inferd.engine.engine import PromptTooLong
 from inferd.sampling_params import InvalidParameter
 
@@ -25,11 +25,15 @@ _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "inva
           405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
           503: "service_unavailable"}
 
+_HTTP_CODES = {413: "request_too_large"}
+
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, *, param: str | None = None,
                  code: str | None = None, type: str | None = None,
                  headers: dict[str, str] | None = None):
+        # Messages quote user input, which may hold text no encoder accepts (lone surrogates).
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         super().__init__(message)
         self.status = status
         self.message = message
@@ -58,8 +62,14 @@ def from_exception(exc: BaseException) -> APIError:
         return APIError(400, str(exc), param=exc.param, code="context_length_exceeded")
     if isinstance(exc, InvalidParameter):
         return APIError(400, str(exc), param=exc.param)
+    if isinstance(exc, UnicodeEncodeError):  # user text that is not valid Unicode, met late
+        return APIError(400, f"the request holds text that is not valid Unicode: {exc}",
+                        code="invalid_unicode")
     if isinstance(exc, QueueFull):
         return APIError(429, f"server busy: {exc}", code="rate_limit_exceeded",
+                        headers={"Retry-After": "1"})
+    if isinstance(exc, ShuttingDown):
+        return APIError(503, f"{exc}; retry on another replica", code="shutting_down",
                         headers={"Retry-After": "1"})
     if isinstance(exc, EngineDead):
         return APIError(503, f"engine unavailable: {exc}", code="engine_dead")
@@ -103,10 +113,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return APIError(exc.status_code, message, headers=getattr(exc, "headers", None)).response()
+        return APIError(exc.status_code, message, code=_HTTP_CODES.get(exc.status_code),
+                        headers=getattr(exc, "headers", None)).response()
 
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
-    for cls in (InvalidParameter, QueueFull, EngineDead, Exception):
+    for cls in (InvalidParameter, QueueFull, ShuttingDown, EngineDead, Exception):
         app.add_exception_handler(cls, on_engine_error)

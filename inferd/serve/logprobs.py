@@ -8,7 +8,7 @@ Chat lists exactly `top_logprobs` alternatives; completions keep the chosen toke
 from __future__ import annotations
 
 from inferd.outputs import TokenLogprobs
-from inferd.serve.protocol import ChatTokenLogprob, CompletionLogprobs, TopLogprob
+from inferd.serve.protocol import ChatTokenLogprob, CompletionLogprobs, PromptLogprob, TopLogprob
 from inferd.tokenizer import Tokenizer
 
 FLOOR = -9999.0  # JSON has no -inf; OpenAI reports tokens the model rules out with a large negative
@@ -62,6 +62,27 @@ class LogprobFormatter:
                 tops.setdefault(self.text(t), _lp(lp))
             result.top_logprobs.append(tops)
         return result
+
+    def prompt(self, token_ids: list[int], entries: list[TokenLogprobs | None], top_n: int
+               ) -> list[dict[str, PromptLogprob] | None]:
+        """vLLM's `prompt_logprobs`: per prompt token, {token id: logprob, rank, text} for the
+        token itself and the top_n alternatives (None for the first token)."""
+        out: list[dict[str, PromptLogprob] | None] = []
+        for tok, entry in zip(token_ids, entries, strict=False):
+            if entry is None:
+                out.append(None)
+                continue
+            # More entries than top_n: the prompt token is not among the top_n and its rank unknown.
+            outside = len(entry) > top_n
+            result: dict[str, PromptLogprob] = {}
+            rank = 0
+            for t, lp in sorted(entry.items(), key=lambda kv: kv[1], reverse=True):
+                known = not (outside and t == tok)
+                rank += known
+                result[str(t)] = PromptLogprob(logprob=_lp(lp), rank=rank if known else None,
+                                               decoded_token=self.text(t))
+            out.append(result)
+        return out
 
 
 def merge(a: CompletionLogprobs, b: CompletionLogprobs) -> CompletionLogprobs:

@@ -32,6 +32,8 @@ TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0
                 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0)
 ITL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075,
                0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0)
+TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000)
+STEP_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)  # vLLM's edges
 REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
                    40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0)
 
@@ -59,6 +61,14 @@ class Scheme:
     prefix_queries: str | None
     spec_draft: str
     spec_accepted: str
+    request_prompt_tokens: str = ""
+    request_generation_tokens: str = ""
+    prefill_time: str = ""
+    decode_time: str = ""
+    iteration_tokens: str = ""
+    cache_config: str = ""
+    kv_capacity: str | None = None  # tokens the KV pool holds
+    kv_bytes: str | None = None  # memory the KV pool takes
 
 
 INFERD = Scheme(
@@ -71,7 +81,12 @@ INFERD = Scheme(
     waiting="inferd_num_requests_waiting", kv_usage="inferd_kv_cache_usage_ratio",
     prefix_hit_rate="inferd_prefix_cache_hit_rate", prefix_hits="inferd_prefix_cache_hits",
     prefix_queries="inferd_prefix_cache_queries",
-    spec_draft="inferd_spec_decode_num_draft_tokens", spec_accepted="inferd_spec_decode_num_accepted_tokens")
+    spec_draft="inferd_spec_decode_num_draft_tokens", spec_accepted="inferd_spec_decode_num_accepted_tokens",
+    request_prompt_tokens="inferd_request_prompt_tokens",
+    request_generation_tokens="inferd_request_generation_tokens",
+    prefill_time="inferd_request_prefill_time_seconds", decode_time="inferd_request_decode_time_seconds",
+    iteration_tokens="inferd_iteration_tokens", cache_config="inferd_cache_config_info",
+    kv_capacity="inferd_kv_cache_capacity_tokens", kv_bytes="inferd_kv_cache_memory_bytes")
 
 VLLM = Scheme(
     label="model_name", reason_label="finished_reason",
@@ -82,7 +97,11 @@ VLLM = Scheme(
     preemptions="vllm:num_preemptions", running="vllm:num_requests_running",
     waiting="vllm:num_requests_waiting", kv_usage="vllm:kv_cache_usage_perc",
     prefix_hit_rate=None, prefix_hits="vllm:prefix_cache_hits", prefix_queries="vllm:prefix_cache_queries",
-    spec_draft="vllm:spec_decode_num_draft_tokens", spec_accepted="vllm:spec_decode_num_accepted_tokens")
+    spec_draft="vllm:spec_decode_num_draft_tokens", spec_accepted="vllm:spec_decode_num_accepted_tokens",
+    request_prompt_tokens="vllm:request_prompt_tokens",
+    request_generation_tokens="vllm:request_generation_tokens",
+    prefill_time="vllm:request_prefill_time_seconds", decode_time="vllm:request_decode_time_seconds",
+    iteration_tokens="vllm:iteration_tokens_total", cache_config="vllm:cache_config_info")
 
 COMPAT_SCHEMES = {"vllm": VLLM}
 
@@ -109,6 +128,17 @@ class _Series:
                                          registry=registry)
         self.requests = Counter(scheme.requests, "Finished requests, by finish reason.",
                                 [scheme.label, scheme.reason_label], registry=registry)
+        self.request_prompt = Histogram(scheme.request_prompt_tokens, "Prompt tokens per finished "
+                                        "request.", lbl, buckets=TOKEN_BUCKETS, registry=registry)
+        self.request_generation = Histogram(scheme.request_generation_tokens, "Generated tokens per "
+                                            "finished request (all n samples).", lbl, buckets=TOKEN_BUCKETS,
+                                            registry=registry)
+        self.prefill = Histogram(scheme.prefill_time, "Time from a request's first scheduling to its "
+                                 "first token.", lbl, buckets=REQUEST_BUCKETS, registry=registry)
+        self.decode = Histogram(scheme.decode_time, "Time from a request's first token to its last.",
+                                lbl, buckets=REQUEST_BUCKETS, registry=registry)
+        self.iteration = Histogram(scheme.iteration_tokens, "Tokens (prompt and generated) per engine "
+                                   "step.", lbl, buckets=STEP_BUCKETS, registry=registry)
 
 
 class MetricsObserver(EngineObserver):
@@ -124,6 +154,7 @@ class MetricsObserver(EngineObserver):
         self._queue = [s.queue.labels(model) for s in series]
         self._prompt = [s.prompt_tokens.labels(model) for s in series]
         self._gen = [s.generation_tokens.labels(model) for s in series]
+        self._iteration = [s.iteration.labels(model) for s in series]
 
     def on_first_token(self, request: Request, now: float) -> None:
         t = request.timing
@@ -142,6 +173,9 @@ class MetricsObserver(EngineObserver):
         if generation_tokens:
             for gen in self._gen:
                 gen.inc(generation_tokens)
+        if prompt_tokens + generation_tokens:
+            for iteration in self._iteration:
+                iteration.observe(prompt_tokens + generation_tokens)
 
     def on_finished(self, request: Request, now: float) -> None:
         t = request.timing
@@ -152,6 +186,25 @@ class MetricsObserver(EngineObserver):
             if t.first_token is not None and n_out > 1:
                 self._tpot[i].observe((now - t.first_token) / (n_out - 1))
             s.requests.labels(self.model, reason).inc()
+            s.request_prompt.labels(self.model).observe(len(request.prompt_token_ids))
+            s.request_generation.labels(self.model).observe(sum(x.num_output_tokens for x in request.seqs))
+            if t.first_token is not None:
+                if t.first_scheduled is not None:
+                    s.prefill.labels(self.model).observe(t.first_token - t.first_scheduled)
+                s.decode.labels(self.model).observe((t.last_token or now) - t.first_token)
+
+
+CACHE_INFO_LABELS = ["block_size", "num_gpu_blocks", "num_cpu_blocks", "cache_dtype",
+                     "enable_prefix_caching", "gpu_memory_utilization"]  # vLLM's label names
+
+
+def _cache_info(engine: AsyncEngine, stats) -> list[str]:
+    """vLLM's cache_config_info labels; the pool's blocks are reported where they live."""
+    cache = engine.config.cache
+    on_gpu = engine.engine.loaded.device.type == "cuda"
+    blocks = str(stats.num_blocks)
+    return [str(stats.block_size), blocks if on_gpu else "0", "0" if on_gpu else blocks,
+            cache.kv_cache_dtype, str(cache.enable_prefix_caching), str(cache.memory_fraction)]
 
 
 class _EngineCollector(Collector):
@@ -180,6 +233,13 @@ class _EngineCollector(Collector):
                                                    "prefix cache.", labels=lbl)
                 fams["queries"] = CounterMetricFamily(sc.prefix_queries, "Prompt tokens looked up in "
                                                       "the prefix cache.", labels=lbl)
+            cache_info = GaugeMetricFamily(sc.cache_config, "The KV cache's configuration (labels; "
+                                           "value 1).", labels=[sc.label, *CACHE_INFO_LABELS])
+            if sc.kv_capacity and sc.kv_bytes:
+                fams["kv_capacity"] = GaugeMetricFamily(sc.kv_capacity, "Tokens the KV-cache pool holds "
+                                                        "(blocks x block size).", labels=lbl)
+                fams["kv_bytes"] = GaugeMetricFamily(sc.kv_bytes, "Bytes the KV-cache pool takes "
+                                                     "(reserved; pages are touched as used).", labels=lbl)
             spec_draft = CounterMetricFamily(sc.spec_draft, "Draft tokens proposed by speculative "
                                              "decoding.", labels=lbl)
             spec_acc = CounterMetricFamily(sc.spec_accepted, "Draft tokens accepted by the target "
@@ -191,6 +251,10 @@ class _EngineCollector(Collector):
                 fams["waiting"].add_metric([model], stats.num_waiting)
                 fams["kv"].add_metric([model], stats.kv_cache_usage)
                 fams["preempt"].add_metric([model], stats.num_preemptions)
+                cache_info.add_metric([model, *_cache_info(engine, stats)], 1)
+                if "kv_capacity" in fams:
+                    fams["kv_capacity"].add_metric([model], stats.num_blocks * stats.block_size)
+                    fams["kv_bytes"].add_metric([model], stats.kv_cache_bytes)
                 if "hit_rate" in fams:
                     fams["hit_rate"].add_metric([model], stats.prefix_cache_hit_rate)
                 if "hits" in fams:
@@ -205,6 +269,7 @@ class _EngineCollector(Collector):
                     spec_draft.add_metric([model], drafted)
                     spec_acc.add_metric([model], accepted)
             yield from fams.values()
+            yield cache_info
             if has_spec:
                 yield spec_draft
                 yield spec_acc

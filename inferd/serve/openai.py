@@ -7,12 +7,16 @@ the scheduler or KV blocks; leaving early aborts the engine requests and the eng
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from inferd.engine.async_engine import NewRequest
 from inferd.outputs import RequestOutput
 from inferd.serve.errors import from_exception
 from inferd.serve.logprobs import LogprobFormatter, merge
@@ -44,12 +48,7 @@ from inferd.serve.streams import (
     sse,
     until_disconnected,
 )
-from inferd.serve.translate import (
-    chat_params,
-    chat_prompt_ids,
-    completion_params,
-    completion_prompts,
-)
+from inferd.serve.translate import chat_inputs, check_body, completion_inputs
 
 router = APIRouter(prefix="/v1")
 CLIENT_CLOSED = 499  # nginx's code for "client closed request"; nobody reads it
@@ -57,6 +56,15 @@ CLIENT_CLOSED = 499  # nginx's code for "client closed request"; nobody reads it
 
 def served(request: Request) -> ServedModels:
     return request.app.state.models
+
+
+def cache_salt(request: Request, body: ChatCompletionRequest | CompletionRequest) -> str | None:
+    """Whose prefix-cache blocks this request may reuse: its tenant's (the API key's, so a caller
+    cannot probe others' prompts through cached_tokens) and, within it, its own cache_salt's."""
+    tenant = None if request.app.state.shared_prefix_cache else getattr(request.state, "tenant", None)
+    if tenant is None and body.cache_salt is None:
+        return None
+    return json.dumps([tenant, body.cache_salt])
 
 
 def _usage(prompt_tokens: int, completion_tokens: int, cached: int = 0) -> Usage:
@@ -90,28 +98,62 @@ async def list_models(request: Request) -> ModelList:
 
 @router.get("/models/{model:path}")
 async def get_model(model: str, request: Request) -> ModelCard:
-    m = served(request).get(model)
+    # The route's pattern ends in `$`, which also matches before a trailing newline, so
+    # "/v1/models/x%0A" would arrive as "x": look up exactly what the path holds instead.
+    path = request.scope["path"].removeprefix(request.scope.get("root_path", ""))
+    m = served(request).get(path.removeprefix(router.prefix + "/models/"))
     return ModelCard(id=m.name, created=served(request).created, root=str(m.engine.config.model.model),
                      max_model_len=m.engine.max_model_len)
 
 
 # ---- chat -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Extras:
+    """Optional parts of a response a request asked for; the rest are left out of the JSON."""
+
+    final_usage: bool = False  # stream_options.include_usage: a last chunk with the totals
+    every_usage: bool = False  # stream_options.continuous_usage_stats: usage so far in each chunk
+    token_ids: bool = False  # return_token_ids
+
+    @classmethod
+    def of(cls, body: ChatCompletionRequest | CompletionRequest) -> _Extras:
+        o = body.stream_options
+        return cls(bool(o and o.include_usage), bool(o and o.continuous_usage_stats),
+                   bool(body.return_token_ids))
+
+    def exclude(self, *, streamed: bool) -> dict:
+        out: dict = {}
+        if streamed and not (self.final_usage or self.every_usage):
+            out["usage"] = True
+        if not self.token_ids:
+            out["prompt_token_ids"] = True
+            out["choices"] = {"__all__": {"token_ids", "prompt_token_ids"}}
+        return out
+
+
+def _json(response: ChatCompletionResponse | CompletionResponse, extras: _Extras) -> Response:
+    return Response(response.model_dump_json(exclude=extras.exclude(streamed=False)),
+                    media_type="application/json")
+
+
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request):
+    check_body(body)
     model = served(request).get(body.model)
     engine = model.engine
-    ids = chat_prompt_ids(engine, body.messages, body.add_generation_prompt is not False)
-    params = chat_params(body, engine, ids)
+    # Tokenizing a long prompt takes seconds; on the event loop it would stall every client.
+    ids, params = await asyncio.to_thread(chat_inputs, body, engine,
+                                          request.app.state.parse_special_in_messages)
     rid = f"chatcmpl-{uuid.uuid4().hex}"
     sub = Submission(engine)
-    await sub.add(rid, ids, params)
+    await sub.add([NewRequest(rid, ids, params, ids, cache_salt(request, body))])
     fmt = LogprobFormatter(engine.tokenizer)
     top_n = body.top_logprobs or 0
+    extras = _Extras.of(body)
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return AbortingStreamingResponse(
-            _chat_stream(sub, rid, model.name, params.n, len(ids), fmt,
-                         top_n if params.logprobs is not None else None, include_usage),
+            _chat_stream(sub, rid, model.name, params.n, ids, fmt,
+                         top_n if params.logprobs is not None else None, extras),
             on_close=sub.abort_unfinished)
     finals = await _collect(request, sub)
     if finals is None:
@@ -123,77 +165,84 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         if params.logprobs is not None:
             lp = ChatLogprobs(content=fmt.chat(c.token_ids, c.logprobs or [], top_n))
         choices.append(ChatChoice(index=c.index, message=AssistantMessage(content=c.text), logprobs=lp,
-                                  finish_reason=c.finish_reason, stop_reason=c.stop_reason))
+                                  finish_reason=c.finish_reason, stop_reason=c.stop_reason,
+                                  token_ids=list(c.token_ids)))
     completion = sum(len(c.token_ids) for c in final.outputs)
-    return ChatCompletionResponse(id=rid, model=model.name, choices=choices,
-                                  usage=_usage(len(ids), completion, final.num_cached_tokens))
+    return _json(ChatCompletionResponse(id=rid, model=model.name, choices=choices, prompt_token_ids=ids,
+                                        usage=_usage(len(ids), completion, final.num_cached_tokens)), extras)
 
 
-async def _chat_stream(sub: Submission, rid: str, model: str, n: int, prompt_len: int,
-                       fmt: LogprobFormatter, top_n: int | None, include_usage: bool) -> AsyncIterator[str]:
+async def _chat_stream(sub: Submission, rid: str, model: str, n: int, prompt_ids: list[int],
+                       fmt: LogprobFormatter, top_n: int | None, extras: _Extras) -> AsyncIterator[str]:
     """top_n None: no logprobs asked for."""
     created = now()
-    exclude = None if include_usage else {"usage"}
+    exclude = extras.exclude(streamed=True)
+    last: RequestOutput | None = None
 
-    def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
-        c = ChatCompletionChunk(id=rid, created=created, model=model, choices=choices, usage=usage)
+    def usage_so_far() -> Usage:
+        completion = sum(len(c.token_ids) for c in last.outputs) if last is not None else 0
+        return _usage(len(prompt_ids), completion, last.num_cached_tokens if last is not None else 0)
+
+    def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None, **fields) -> str:
+        if usage is None and extras.every_usage:
+            usage = usage_so_far()
+        c = ChatCompletionChunk(id=rid, created=created, model=model, choices=choices, usage=usage, **fields)
         return sse(c.model_dump_json(exclude=exclude))
 
     for i in range(n):
-        yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
+        yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))],
+                    prompt_token_ids=prompt_ids if i == 0 else None)
     want_lp = top_n is not None
     done: set[int] = set()
-    last: RequestOutput | None = None
     try:
         async for _, out in sub.outputs():
             last = out
             for c in out.outputs:
                 if c.index in done:
                     continue
-                if c.delta_text or (want_lp and c.delta_token_ids):
+                if c.delta_text or ((want_lp or extras.token_ids) and c.delta_token_ids):
                     lp = (ChatLogprobs(content=fmt.chat(c.delta_token_ids, c.delta_logprobs or [], top_n or 0))
                           if want_lp else None)
                     yield chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(content=c.delta_text),
-                                                 logprobs=lp)])
+                                                 logprobs=lp, token_ids=list(c.delta_token_ids))])
                 if c.finish_reason is not None:
                     done.add(c.index)
                     yield chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(),
-                                                 finish_reason=c.finish_reason, stop_reason=c.stop_reason)])
+                                                 finish_reason=c.finish_reason, stop_reason=c.stop_reason,
+                                                 token_ids=[])])
     except Exception as exc:  # the engine failed or stopped mid-stream: say so, then end cleanly
         yield _error_event(exc)
         yield DONE
         return
-    if include_usage and last is not None:
-        completion = sum(len(c.token_ids) for c in last.outputs)
-        yield chunk([], _usage(prompt_len, completion, last.num_cached_tokens))
+    if extras.final_usage and last is not None:
+        yield chunk([], usage_so_far())
     yield DONE
 
 
 # ---- completions ------------------------------------------------------------------------------
 @router.post("/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request):
+    check_body(body)
     model = served(request).get(body.model)
     engine = model.engine
-    prompts = completion_prompts(engine, body.prompt)
-    params = [completion_params(body, engine, ids) for _, ids in prompts]
+    prompts, params = await asyncio.to_thread(completion_inputs, body, engine)
     rid = f"cmpl-{uuid.uuid4().hex}"
     sub = Submission(engine)
-    for i, (_, ids) in enumerate(prompts):
-        await sub.add(f"{rid}-{i}", ids, params[i])
+    salt = cache_salt(request, body)
+    await sub.add([NewRequest(f"{rid}-{i}", ids, params[i], ids, salt) for i, (_, ids) in enumerate(prompts)])
     view = _CompletionView(body, prompts, params[0].n, LogprobFormatter(engine.tokenizer))
+    extras = _Extras.of(body)
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return AbortingStreamingResponse(_completion_stream(sub, rid, model.name, view, include_usage),
+        return AbortingStreamingResponse(_completion_stream(sub, rid, model.name, view, extras),
                                          on_close=sub.abort_unfinished)
     finals = await _collect(request, sub)
     if finals is None:
         return Response(status_code=CLIENT_CLOSED)
     choices = [view.choice(i, out) for i, out in enumerate(finals)]
     flat = [c for group in choices for c in group]
-    return CompletionResponse(id=rid, model=model.name, choices=flat,
-                              usage=_usage(sum(len(ids) for _, ids in prompts),
-                                           sum(view.completion_tokens(f) for f in finals),
-                                           sum(f.num_cached_tokens for f in finals)))
+    return _json(CompletionResponse(id=rid, model=model.name, choices=flat,
+                                    usage=_usage(view.prompt_tokens, sum(view.completion_tokens(f) for f in finals),
+                                                 sum(f.num_cached_tokens for f in finals))), extras)
 
 
 class _CompletionView:
@@ -204,7 +253,9 @@ class _CompletionView:
         self.echo = bool(body.echo)
         self.prompt_only = body.max_tokens == 0  # generated one token internally; report none
         self.want_lp = body.logprobs is not None
+        self.prompt_lp_n = body.prompt_logprobs  # vLLM's prompt_logprobs field, returned as vLLM does
         self.prompts = prompts
+        self.prompt_tokens = sum(len(ids) for _, ids in prompts)
         self.n = n
         self.fmt = fmt
 
@@ -215,11 +266,25 @@ class _CompletionView:
     def completion_tokens(self, out: RequestOutput) -> int:
         return 0 if self.prompt_only else sum(len(c.token_ids) for c in out.outputs)
 
-    def prompt_logprobs(self, i: int, out: RequestOutput) -> CompletionLogprobs:
+    def _prompt_entries(self, i: int, out: RequestOutput) -> list:
         ids = self.prompts[i][1]
         entries = list(out.prompt_logprobs or [])
-        entries += [None] * (len(ids) - len(entries))
-        return self.fmt.completion(ids, entries[:len(ids)])
+        return (entries + [None] * (len(ids) - len(entries)))[:len(ids)]
+
+    def prompt_logprobs(self, i: int, out: RequestOutput) -> CompletionLogprobs:
+        return self.fmt.completion(self.prompts[i][1], self._prompt_entries(i, out))
+
+    def first_extras(self, extras: _Extras) -> bool:
+        """Whether a choice's first chunk carries something even without text."""
+        return extras.token_ids or self.prompt_lp_n is not None
+
+    def first_fields(self, i: int, out: RequestOutput) -> dict:
+        """What a choice's first message carries once: its prompt's ids and prompt logprobs."""
+        fields: dict = {"prompt_token_ids": self.prompts[i][1]}
+        if self.prompt_lp_n is not None:
+            fields["prompt_logprobs"] = self.fmt.prompt(self.prompts[i][1], self._prompt_entries(i, out),
+                                                        self.prompt_lp_n)
+        return fields
 
     def choice(self, i: int, out: RequestOutput) -> list[CompletionChoice]:
         choices = []
@@ -232,55 +297,66 @@ class _CompletionView:
                 gen = self.fmt.completion(ids, list(c.logprobs or []), offset=len(prefix))
                 lp = merge(self.prompt_logprobs(i, out), gen) if self.echo else gen
             choices.append(CompletionChoice(index=i * self.n + c.index, text=prefix + text, logprobs=lp,
-                                            finish_reason=c.finish_reason, stop_reason=c.stop_reason))
+                                            finish_reason=c.finish_reason, stop_reason=c.stop_reason,
+                                            token_ids=list(ids), **self.first_fields(i, out)))
         return choices
 
 
 async def _completion_stream(sub: Submission, rid: str, model: str, view: _CompletionView,
-                             include_usage: bool) -> AsyncIterator[str]:
+                             extras: _Extras) -> AsyncIterator[str]:
     created = now()
-    exclude = None if include_usage else {"usage"}
+    exclude = extras.exclude(streamed=True)
+    latest: dict[int, RequestOutput] = {}  # per prompt, its newest (cumulative) output
+
+    def usage_so_far() -> Usage:
+        return _usage(view.prompt_tokens, sum(view.completion_tokens(o) for o in latest.values()),
+                      sum(o.num_cached_tokens for o in latest.values()))
 
     def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
+        if usage is None and extras.every_usage:
+            usage = usage_so_far()
         c = CompletionResponse(id=rid, created=created, model=model, choices=choices, usage=usage)
         return sse(c.model_dump_json(exclude=exclude))
 
     done: set[int] = set()
-    echoed: set[int] = set()
+    started: set[int] = set()  # choices whose first chunk (prompt ids, prompt logprobs) went out
     offsets: dict[int, int] = {}  # characters sent so far per choice (for logprobs' text_offset)
-    finals: dict[int, RequestOutput] = {}
     try:
         async for i, out in sub.outputs():
+            latest[i] = out
             for c in out.outputs:
                 index = i * view.n + c.index
                 if index in done:
                     continue
-                if view.echo and index not in echoed:
-                    echoed.add(index)
+                first = (view.first_fields(i, out) if index not in started and view.first_extras(extras)
+                         else {})
+                if view.echo and index not in started:
+                    started.add(index)
                     prefix = view.prompt_text(i)
                     offsets[index] = len(prefix)
                     lp = view.prompt_logprobs(i, out) if view.want_lp else None
-                    yield chunk([CompletionChoice(index=index, text=prefix, logprobs=lp)])
-                if not view.prompt_only and (c.delta_text or (view.want_lp and c.delta_token_ids)):
+                    yield chunk([CompletionChoice(index=index, text=prefix, logprobs=lp, **first)])
+                    first = {}
+                delta_ids = [] if view.prompt_only else list(c.delta_token_ids)
+                if (not view.prompt_only and (c.delta_text or ((view.want_lp or extras.token_ids) and delta_ids))
+                        or first):
                     lp = None
-                    if view.want_lp:
-                        lp = view.fmt.completion(c.delta_token_ids, list(c.delta_logprobs or []),
+                    if view.want_lp and not view.prompt_only:
+                        lp = view.fmt.completion(delta_ids, list(c.delta_logprobs or []),
                                                  offset=offsets.get(index, 0))
-                    offsets[index] = offsets.get(index, 0) + len(c.delta_text)
-                    yield chunk([CompletionChoice(index=index, text=c.delta_text, logprobs=lp)])
+                    text = "" if view.prompt_only else c.delta_text
+                    offsets[index] = offsets.get(index, 0) + len(text)
+                    started.add(index)
+                    yield chunk([CompletionChoice(index=index, text=text, logprobs=lp, token_ids=delta_ids,
+                                                  **first)])
                 if c.finish_reason is not None:
                     done.add(index)
                     yield chunk([CompletionChoice(index=index, text="", finish_reason=c.finish_reason,
-                                                  stop_reason=c.stop_reason)])
-            if out.finished:
-                finals[i] = out
+                                                  stop_reason=c.stop_reason, token_ids=[])])
     except Exception as exc:
         yield _error_event(exc)
         yield DONE
         return
-    if include_usage:
-        prompt = sum(len(ids) for _, ids in view.prompts)
-        completion = sum(view.completion_tokens(f) for f in finals.values())
-        cached = sum(f.num_cached_tokens for f in finals.values())
-        yield chunk([], _usage(prompt, completion, cached))
+    if extras.final_usage:
+        yield chunk([], usage_so_far())
     yield DONE

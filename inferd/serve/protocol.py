@@ -1,52 +1,69 @@
 """Pydantic models of the HTTP API: OpenAI's request and response shapes, field for field.
 
-Requests ignore unknown fields (clients send many we do not use) and accept vLLM's sampling
-extras. Nothing here knows about the engine: `params.py` turns requests into SamplingParams and
-`openai.py` fills the responses.
+Requests keep unknown fields (clients send many) for `translate.check_extra_fields`, which refuses
+those whose meaning the server does not implement and logs the rest; vLLM's sampling extras are
+accepted. Nothing here knows about the engine: `translate.py` turns requests into SamplingParams
+and `openai.py` fills the responses.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, field_serializer
+
+
+def _json_number(value: Any) -> Any:
+    """JSON true is no number and "1" no integer (as the OpenAPI document says), though pydantic's
+    lax mode would coerce them; 3.0 stays an integer, as JSON Schema counts it."""
+    if isinstance(value, bool | str | bytes):
+        raise ValueError(f"expected a JSON number, got {type(value).__name__}")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_json_number)]
+Float = Annotated[float, BeforeValidator(_json_number)]
+Bool = Annotated[bool, Strict()]
 
 
 class _Request(BaseModel):
     # NaN or infinity in a sampling parameter would poison a whole batch's sampling; refuse them.
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 # ---- requests ------------------------------------------------------------------------------
 class StreamOptions(_Request):
-    include_usage: bool | None = False
+    include_usage: Bool | None = False
+    continuous_usage_stats: Bool | None = False  # vLLM: usage (so far) in every chunk
 
 
 class SamplingRequest(_Request):
     """Fields chat and completions share (OpenAI's, then vLLM's extras)."""
 
     model: str | None = None  # optional: the first served model when absent
-    n: int | None = 1
-    temperature: float | None = None
-    top_p: float | None = None
+    n: Int | None = 1
+    temperature: Float | None = None
+    top_p: Float | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    seed: Int | None = None
+    presence_penalty: Float | None = None
+    frequency_penalty: Float | None = None
+    logit_bias: dict[str, Float] | None = None
     user: str | None = None
-    stream: bool | None = False
+    stream: Bool | None = False
     stream_options: StreamOptions | None = None
     # vLLM's extras
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    ignore_eos: bool | None = False
-    min_tokens: int | None = 0
-    stop_token_ids: list[int] | None = None
-    skip_special_tokens: bool | None = True
-    include_stop_str_in_output: bool | None = False
+    top_k: Int | None = None
+    min_p: Float | None = None
+    repetition_penalty: Float | None = None
+    ignore_eos: Bool | None = False
+    min_tokens: Int | None = 0
+    stop_token_ids: list[Int] | None = None
+    skip_special_tokens: Bool | None = True
+    include_stop_str_in_output: Bool | None = False
+    return_token_ids: Bool | None = False  # prompt_token_ids and token_ids in the response
+    cache_salt: str | None = None  # prefix-cache blocks shared only with requests of equal salt
 
 
 class ContentPart(_Request):
@@ -62,38 +79,38 @@ class ChatMessage(_Request):
 
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    logprobs: bool | None = False
-    top_logprobs: int | None = None
+    max_tokens: Int | None = None
+    max_completion_tokens: Int | None = None
+    logprobs: Bool | None = False
+    top_logprobs: Int | None = None
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    add_generation_prompt: bool | None = True  # vLLM extra
+    add_generation_prompt: Bool | None = True  # vLLM extra
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = 16
-    echo: bool | None = False
-    logprobs: int | None = None
+    prompt: str | list[str] | list[Int] | list[list[Int]]
+    max_tokens: Int | None = 16
+    echo: Bool | None = False
+    logprobs: Int | None = None
     suffix: str | None = None
-    best_of: int | None = None
-    prompt_logprobs: int | None = None  # vLLM extra
+    best_of: Int | None = None
+    prompt_logprobs: Int | None = None  # vLLM extra
 
 
 class TokenizeRequest(_Request):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
-    add_special_tokens: bool | None = None  # default: True for a prompt, False for messages
-    add_generation_prompt: bool | None = True
-    return_token_strs: bool | None = False
+    add_special_tokens: Bool | None = None  # default: True for a prompt, False for messages
+    add_generation_prompt: Bool | None = True
+    return_token_strs: Bool | None = False
 
 
 class DetokenizeRequest(_Request):
     model: str | None = None
-    tokens: list[int]
+    tokens: list[Int]
 
 
 # ---- responses ----------------------------------------------------------------------------
@@ -140,6 +157,7 @@ class ChatChoice(BaseModel):
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None  # vLLM extra: the stop string or token id that ended it
+    token_ids: list[int] | None = None  # vLLM extra (return_token_ids)
 
 
 class ChatCompletionResponse(BaseModel):
@@ -150,6 +168,7 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: str | None = None
+    prompt_token_ids: list[int] | None = None  # vLLM extra (return_token_ids)
 
 
 class DeltaMessage(BaseModel):
@@ -163,6 +182,7 @@ class ChatChunkChoice(BaseModel):
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    token_ids: list[int] | None = None  # the delta's token ids (return_token_ids)
 
     @field_serializer("delta")
     def _delta_without_nulls(self, delta: DeltaMessage) -> dict[str, Any]:
@@ -178,6 +198,7 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChatChunkChoice]
     system_fingerprint: str | None = None
     usage: Usage | None = None
+    prompt_token_ids: list[int] | None = None  # in the first chunk (return_token_ids)
 
 
 class CompletionLogprobs(BaseModel):
@@ -187,12 +208,21 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int] = Field(default_factory=list)
 
 
+class PromptLogprob(BaseModel):
+    logprob: float
+    rank: int | None = None  # 1 = the likeliest; None when below the top alternatives asked for
+    decoded_token: str
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None  # vLLM extra, by token id
+    prompt_token_ids: list[int] | None = None  # return_token_ids; in a choice's first chunk
+    token_ids: list[int] | None = None  # return_token_ids; the delta's ids when streamed
 
 
 class CompletionResponse(BaseModel):

@@ -1,7 +1,8 @@
 """The models one server serves: request `model` names (aliases included) -> AsyncEngine.
 
 An engine served under several names appears once per name in /v1/models; its first name is the
-`model` label its metrics carry. An unknown name is a 404 in OpenAI's shape.
+`model` label its metrics carry. Hidden aliases (a bundled model's documented other names) are
+served but not listed. An empty name is a 400, an unknown one a 404 in OpenAI's shape.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ class ServedModel:
 
 
 class ServedModels:
-    def __init__(self, engines: dict[str, AsyncEngine]):
+    def __init__(self, engines: dict[str, AsyncEngine], hidden: dict[str, AsyncEngine] | None = None):
         if not engines:
             raise ValueError("a server needs at least one model")
         self._by_name = dict(engines)
+        self._hidden = {k: v for k, v in (hidden or {}).items() if k not in self._by_name}
         self._primary: dict[int, str] = {}
         for name, engine in engines.items():
             self._primary.setdefault(id(engine), name)
@@ -45,13 +47,19 @@ class ServedModels:
     def items(self) -> list[tuple[str, AsyncEngine]]:
         return list(self._by_name.items())
 
-    def get(self, name: str | None) -> ServedModel:
-        """The model a request named (the first one when it named none); 404 when unknown."""
-        key = self.default if name is None or name == "" else name
-        engine = self._by_name.get(key)
+    def get(self, name: str | None, *, name_the_served: bool = True) -> ServedModel:
+        """The model a request named (the first one when it named none). An empty name is a 400,
+        an unknown one a 404 that lists the served names unless name_the_served is False (a
+        caller who has not shown the API key)."""
+        if name == "":
+            raise APIError(400, "'model' must not be empty; leave it out to use the default model",
+                           param="model", code="invalid_value")
+        key = self.default if name is None else name
+        engine = self._by_name.get(key) or self._hidden.get(key)
         if engine is None:
-            raise APIError(404, f"The model '{name}' does not exist; this server serves "
-                           f"{', '.join(repr(n) for n in self._by_name)}",
+            served = (f"; this server serves {', '.join(repr(n) for n in self._by_name)}"
+                      if name_the_served else "")
+            raise APIError(404, f"The model '{name}' does not exist{served}",
                            param="model", code="model_not_found")
         return ServedModel(key, engine, self._primary[id(engine)])
 

@@ -3,7 +3,9 @@
 `DrainState` counts requests in flight; `DrainMiddleware` keeps that count and refuses new work
 while draining; `GracefulServer` is uvicorn's server with its signal handling changed so the
 first SIGTERM/SIGINT starts draining and exits once nothing is in flight or the grace period
-(--shutdown-timeout) is over. A second signal exits at once.
+(--shutdown-timeout) is over. At that deadline the requests still running are ended cleanly
+(`on_deadline`: streams get an error event and [DONE], others a JSON 503) before the server
+stops, so no client sees a cut connection. A second signal exits at once.
 """
 
 from __future__ import annotations
@@ -60,11 +62,17 @@ class DrainMiddleware:
 
 class GracefulServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, drain: DrainState, grace_seconds: float,
-                 on_drain: Callable[[], None] | None = None):
+                 on_drain: Callable[[], None] | None = None,
+                 on_deadline: Callable[[], None] | None = None, flush_seconds: float = 3.0):
+        """on_deadline ends the requests still in flight; flush_seconds is how long their error
+        responses may then take to go out before the server stops regardless."""
         super().__init__(config)
         self.drain = drain
         self.grace_seconds = grace_seconds
         self.on_drain = on_drain
+        self.on_deadline = on_deadline
+        self.flush_seconds = flush_seconds
+        self._cut_at: float | None = None
 
     def handle_exit(self, sig, frame) -> None:
         # Not recorded in _captured_signals: uvicorn would re-raise it at exit and the process
@@ -82,7 +90,14 @@ class GracefulServer(uvicorn.Server):
 
     async def on_tick(self, counter: int) -> bool:
         if self.drain.draining and not self.should_exit and self.drain.done():
-            if self.drain.in_flight:
-                log.warning("grace period over; cutting %d requests short", self.drain.in_flight)
-            self.should_exit = True
+            if not self.drain.in_flight:
+                self.should_exit = True
+            elif self._cut_at is None:
+                log.warning("grace period over; ending %d requests in flight with 503",
+                            self.drain.in_flight)
+                self._cut_at = time.monotonic()
+                if self.on_deadline is not None:
+                    self.on_deadline()
+            elif time.monotonic() - self._cut_at >= self.flush_seconds:
+                self.should_exit = True
         return await super().on_tick(counter)

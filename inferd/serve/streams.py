@@ -16,9 +16,8 @@ from fastapi import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from inferd.engine.async_engine import AsyncEngine
+from inferd.engine.async_engine import AsyncEngine, NewRequest
 from inferd.outputs import RequestOutput
-from inferd.sampling_params import SamplingParams
 
 T = TypeVar("T")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -36,15 +35,12 @@ class Submission:
         self._streams: list[AsyncIterator[RequestOutput]] = []
         self._finished: set[str] = set()
 
-    async def add(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
-        """Queue one engine request; on failure (queue full) the ones already queued are aborted."""
-        try:
-            stream = await self.engine.add_request(request_id, prompt_ids, params, prompt_token_ids=prompt_ids)
-        except BaseException:
-            self.abort_unfinished()
-            raise
-        self.request_ids.append(request_id)
-        self._streams.append(stream)
+    async def add(self, requests: list[NewRequest]) -> None:
+        """Queue this HTTP request's engine requests, all or none (the engine refuses a set that
+        does not fit the waiting queue whole, so nothing of a refused request runs)."""
+        streams = await self.engine.add_requests(requests)
+        self.request_ids.extend(r.request_id for r in requests)
+        self._streams.extend(streams)
 
     def abort_unfinished(self) -> None:
         # A stream the response never started iterating has no `finally` to run, so abort by id.

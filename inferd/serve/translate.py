@@ -7,7 +7,10 @@ prompts that do not fit the context window or the KV cache.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+from pydantic import BaseModel
 
 from inferd.engine.async_engine import AsyncEngine
 from inferd.engine.engine import PromptTooLong
@@ -20,9 +23,92 @@ from inferd.serve.protocol import (
     SamplingRequest,
 )
 
+log = logging.getLogger(__name__)
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 TEXT_PARTS = {"text", "input_text"}
 MAX_TOP_LOGPROBS = 20
+
+
+# ---- fields the models do not declare ---------------------------------------------------------
+# Fields clients send whose meaning this server does not implement: a value other than the
+# neutral one is refused (400 naming it) rather than silently ignored.
+UNSUPPORTED_FIELDS = {
+    "functions": "function calling", "function_call": "function calling",
+    "audio": "audio output", "prediction": "predicted outputs", "web_search_options": "web search",
+    "guided_json": "structured output", "guided_regex": "structured output",
+    "guided_choice": "structured output", "guided_grammar": "structured output",
+    "guided_decoding_backend": "structured output", "structured_outputs": "structured output",
+    "use_beam_search": "beam search", "length_penalty": "beam search",
+    "truncate_prompt_tokens": "prompt truncation", "prompt_embeds": "prompt embeddings",
+    "bad_words": "bad_words", "allowed_token_ids": "allowed_token_ids",
+    "logits_processors": "custom logits processors", "continue_final_message": "continue_final_message",
+    "chat_template": "per-request chat templates", "chat_template_kwargs": "chat template arguments",
+    "documents": "documents", "return_tokens_as_token_ids": "return_tokens_as_token_ids",
+    "modalities": "output modalities other than text", "priority": "request priorities",
+    "echo": "echo for chat (use /v1/completions)",
+    "spaces_between_special_tokens": "spaces_between_special_tokens",
+    "kv_transfer_params": "KV transfer", "vllm_xargs": "vllm_xargs", "mm_processor_kwargs": "multimodal input",
+}
+NEUTRAL = {"modalities": (["text"],), "length_penalty": (1, 1.0), "priority": (0,),
+           "spaces_between_special_tokens": (True,)}
+# Accepted and without effect here, as in OpenAI's API or vLLM: metadata and hints.
+NO_EFFECT = {"user", "store", "metadata", "service_tier", "parallel_tool_calls", "reasoning_effort",
+             "request_id", "safety_identifier", "prompt_cache_key", "verbosity"}
+MESSAGE_UNSUPPORTED = {"tool_calls": "tool calls", "function_call": "function calling", "audio": "audio"}
+
+
+def check_extra_fields(body: BaseModel) -> None:
+    """Refuse undeclared fields this server would otherwise ignore while their value matters;
+    log the unknown rest, as vLLM does."""
+    for name, value in (body.model_extra or {}).items():
+        if name in UNSUPPORTED_FIELDS and value not in (None, False, [], {}) \
+                and value not in NEUTRAL.get(name, ()):
+            raise bad_request(f"'{name}' is not supported by this server ({UNSUPPORTED_FIELDS[name]})",
+                              param=name, code="unsupported_parameter")
+        if name not in UNSUPPORTED_FIELDS and name not in NO_EFFECT:
+            # One format string: the serve CLI rate-limits this logger, however many names arrive.
+            log.warning("ignoring request field %r: this server does not know it", name)
+    for i, message in enumerate(getattr(body, "messages", None) or []):
+        for name, value in (message.model_extra or {}).items():
+            if name in MESSAGE_UNSUPPORTED and value not in (None, [], {}):
+                raise bad_request(f"messages[{i}].{name}: {MESSAGE_UNSUPPORTED[name]} are not supported by "
+                                  "this server", param="messages", code="unsupported_parameter")
+
+
+# ---- text -----------------------------------------------------------------------------------
+def check_body(body: BaseModel) -> None:
+    """The checks every request body gets before anything else (no model work)."""
+    refuse_lone_surrogates(body)
+    check_extra_fields(body)
+
+
+def refuse_lone_surrogates(body: BaseModel) -> None:
+    """JSON can carry lone UTF-16 surrogates ("\ud800"), which are no text: no tokenizer, stop
+    check or response encoder can handle them. Refuse them up front, naming the field."""
+    for name, value in body:
+        where = _surrogate_at(value, name)
+        if where is not None:
+            raise bad_request(f"'{where}' is not valid Unicode text: it contains a lone surrogate "
+                              "(a \\ud800-\\udfff escape not part of a pair)", param=name,
+                              code="invalid_unicode")
+
+
+def _surrogate_at(value: Any, path: str) -> str | None:
+    """The path of the first string under value holding a lone surrogate, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, BaseModel):
+        return next((w for k, v in value if (w := _surrogate_at(v, f"{path}.{k}"))), None)
+    if isinstance(value, dict):
+        return next((w for k, v in value.items()
+                     if (w := _surrogate_at(k, path) or _surrogate_at(v, f"{path}.{k}"))), None)
+    if isinstance(value, list | tuple) and not (value and isinstance(value[0], int)):  # ids: no text
+        return next((w for i, v in enumerate(value) if (w := _surrogate_at(v, f"{path}[{i}]"))), None)
+    return None
 
 
 # ---- prompts --------------------------------------------------------------------------------
@@ -46,20 +132,73 @@ def message_dicts(messages: list[ChatMessage], param: str = "messages") -> list[
                                       "not supported (text only)", param=param)
                 texts.append(part.text)
             text = "\n".join(texts)
-        out.append({"role": role, "content": text})
+        entry = {"role": role, "content": text}
+        if m.name:  # templates that know speaker names use it; the others ignore it
+            entry["name"] = m.name
+        out.append(entry)
     return out
 
 
-def chat_prompt_ids(engine: AsyncEngine, messages: list[ChatMessage],
-                    add_generation_prompt: bool = True, param: str = "messages") -> list[int]:
-    dicts = message_dicts(messages, param)
+def encode_text(engine: AsyncEngine, text: str, param: str, *, add_special_tokens: bool = True,
+                max_tokens: int | None = None) -> list[int]:
+    """Tokenize user text; refuse it as too long before tokenizing when its size alone proves it
+    cannot fit `max_tokens` (a multi-megabyte prompt costs seconds of tokenizer time otherwise)."""
+    if max_tokens is not None:
+        refuse_if_cannot_fit(engine, text, param, max_tokens)
     try:
-        return engine.tokenizer.encode_chat(dicts, add_generation_prompt=add_generation_prompt)
+        return engine.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    except (TypeError, ValueError) as exc:  # e.g. a lone surrogate ("\ud800") is no UTF-8 text
+        raise bad_request(f"'{param}' could not be tokenized: {_unicode_hint(text)}{exc}",
+                          param=param) from None
+
+
+def refuse_if_cannot_fit(engine: AsyncEngine, text: str, param: str, max_tokens: int) -> None:
+    at_least = engine.tokenizer.min_tokens(text)
+    if at_least >= max_tokens:
+        raise PromptTooLong(param, f"this model's maximum context length is {max_tokens} tokens; "
+                            f"the prompt has at least {at_least} tokens "
+                            f"({len(text.encode('utf-8', 'surrogatepass'))} bytes)")
+
+
+def _unicode_hint(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "it is not valid Unicode text (a lone surrogate?); "
+    return ""
+
+
+def chat_prompt_ids(engine: AsyncEngine, messages: list[ChatMessage],
+                    add_generation_prompt: bool = True, param: str = "messages",
+                    max_tokens: int | None = None, parse_special_in_content: bool = False) -> list[int]:
+    """max_tokens: refuse early (PromptTooLong) a conversation that cannot fit this many tokens.
+    Control-token text inside messages stays text unless parse_special_in_content."""
+    dicts = message_dicts(messages, param)
+    tok = engine.tokenizer
+    try:
+        text = tok.apply_chat_template(dicts, add_generation_prompt=add_generation_prompt)
     except Exception as exc:  # a template may refuse a conversation (e.g. roles must alternate)
         raise bad_request(f"could not apply the chat template: {exc}", param=param) from None
+    if parse_special_in_content or not any(tok.holds_control_text(d["content"]) for d in dicts):
+        # The template writes special tokens itself; adding them again would double the BOS.
+        return encode_text(engine, text, param, add_special_tokens=False, max_tokens=max_tokens)
+    if max_tokens is not None:
+        refuse_if_cannot_fit(engine, text, param, max_tokens)
+    try:
+        return tok.encode_rendered_chat(text, dicts, add_generation_prompt)
+    except (TypeError, ValueError) as exc:
+        raise bad_request(f"could not encode the conversation: {exc}", param=param) from None
 
 
-def completion_prompts(engine: AsyncEngine, prompt: Any) -> list[tuple[str | None, list[int]]]:
+def num_prompts(prompt: Any) -> int:
+    """How many prompts OpenAI's prompt forms hold (a string or one list of ids is one)."""
+    if isinstance(prompt, str) or (prompt and all(isinstance(p, int) for p in prompt)):
+        return 1
+    return len(prompt)
+
+
+def completion_prompts(engine: AsyncEngine, prompt: Any,
+                       max_tokens: int | None = None) -> list[tuple[str | None, list[int]]]:
     """OpenAI's four prompt forms -> [(text or None, token ids)]."""
     if isinstance(prompt, str):
         prompts: list = [prompt]
@@ -72,7 +211,7 @@ def completion_prompts(engine: AsyncEngine, prompt: Any) -> list[tuple[str | Non
     out = []
     for p in prompts:
         if isinstance(p, str):
-            out.append((p, engine.tokenizer.encode(p)))
+            out.append((p, encode_text(engine, p, "prompt", max_tokens=max_tokens)))
         else:
             out.append((None, [int(t) for t in p]))
     return out
@@ -152,6 +291,9 @@ def chat_params(req: ChatCompletionRequest, engine: AsyncEngine, ids: list[int])
                           "(only 'text')", param="response_format")
     if req.tools and req.tool_choice != "none":
         raise bad_request("tool calling is not supported by this server", param="tools")
+    if req.tool_choice not in (None, "none", "auto"):
+        raise bad_request(f"tool_choice {req.tool_choice!r} needs tool calling, which this server does "
+                          "not support", param="tool_choice")
     fields = _common(req, model_vocab(engine))
     if req.top_logprobs is not None:
         if not req.logprobs:
@@ -164,6 +306,25 @@ def chat_params(req: ChatCompletionRequest, engine: AsyncEngine, ids: list[int])
     if req.max_completion_tokens is not None:
         return _finalize(engine, ids, fields, req.max_completion_tokens, "max_completion_tokens")
     return _finalize(engine, ids, fields, req.max_tokens, "max_tokens")
+
+
+def chat_inputs(req: ChatCompletionRequest, engine: AsyncEngine,
+                parse_special_in_content: bool = False) -> tuple[list[int], SamplingParams]:
+    """Prompt ids and sampling parameters of a chat request. Tokenizes: run it off the event loop."""
+    engine.check_size(1, 1 if req.n is None else max(req.n, 1))
+    ids = chat_prompt_ids(engine, req.messages, req.add_generation_prompt is not False,
+                          max_tokens=engine.engine.max_seq_tokens,
+                          parse_special_in_content=parse_special_in_content)
+    return ids, chat_params(req, engine, ids)
+
+
+def completion_inputs(req: CompletionRequest, engine: AsyncEngine
+                      ) -> tuple[list[tuple[str | None, list[int]]], list[SamplingParams]]:
+    """[(prompt text, ids)] and one SamplingParams per prompt. Tokenizes: run it off the event loop."""
+    # Before tokenizing: a request with more prompts x n than the queue holds is refused at once.
+    engine.check_size(num_prompts(req.prompt), 1 if req.n is None else max(req.n, 1))
+    prompts = completion_prompts(engine, req.prompt, max_tokens=engine.engine.max_seq_tokens)
+    return prompts, [completion_params(req, engine, ids) for _, ids in prompts]
 
 
 def completion_params(req: CompletionRequest, engine: AsyncEngine, ids: list[int]) -> SamplingParams:

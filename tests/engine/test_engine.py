@@ -99,6 +99,33 @@ def test_seeded_sampling_is_independent_of_batch_companions(tiny):
     assert other != solo
 
 
+def test_seeds_equal_modulo_2_32_sample_differently(tiny):
+    """Torch's CPU generator keeps 32 bits of a seed: 5 and 2^32 + 5 gave the same text, and sample
+    1 of seed 5 was sample 0 of seed 6."""
+    prompt = prompts_for(tiny, 1)[0]
+
+    def sample(seed: int, n: int = 1) -> list[list[int]]:
+        params = SamplingParams(temperature=1.0, max_tokens=12, seed=seed, n=n, ignore_eos=True)
+        return [o.token_ids for o in tiny.generate([prompt], params)[0].outputs]
+
+    assert sample(5) == sample(5)  # still reproducible
+    assert sample(5) != sample(5 + 2**32)
+    assert sample(5) != sample(-(2**63) + 5)
+    assert sample(5, n=2)[1] != sample(6)[0]
+
+
+def test_overflowing_parameters_do_not_fail_the_batch(tiny):
+    """repetition_penalty=5e-324 turns logits into inf, so that row has no distribution to sample:
+    it must not raise inside the batch (which failed every request in flight)."""
+    prompts = prompts_for(tiny, 2)
+    odd = SamplingParams(temperature=1.0, repetition_penalty=5e-324, max_tokens=6, ignore_eos=True, seed=1)
+    normal = SamplingParams(temperature=1.0, max_tokens=6, ignore_eos=True, seed=2)
+    outs = tiny.generate(prompts, [odd, normal])
+    assert [len(o.outputs[0].token_ids) for o in outs] == [6, 6]
+    alone = tiny.generate([prompts[1]], normal)[0].outputs[0].token_ids
+    assert outs[1].outputs[0].token_ids == alone  # the neighbour is unaffected
+
+
 def test_stop_string_spanning_tokens_is_caught_and_not_emitted(tiny):
     prompt = prompts_for(tiny, 1)[0]
     full = tiny.generate([prompt], SamplingParams(temperature=0, max_tokens=30, ignore_eos=True))[0].outputs[0]

@@ -109,3 +109,20 @@ def test_hit_rate_counts_tokens():
 def test_pool_needs_two_blocks():
     with pytest.raises(ValueError):
         BlockPool(1, 16)
+
+
+def test_salted_chains_share_blocks_only_within_a_salt():
+    pool = BlockPool(20, 4)
+
+    def salted(seq_id: int, salt: str | None) -> Sequence:
+        return Sequence(seq_id, Request(str(seq_id), None, list(range(13)), SamplingParams(), salt), 0)
+
+    owner = salted(0, "tenant-a")
+    compute_all(pool, owner)
+    pool.free_seq(owner)
+    assert pool.match_prefix(salted(1, "tenant-b")) == 0
+    assert pool.match_prefix(salted(2, None)) == 0  # the unsalted chain is another chain too
+    again = salted(3, "tenant-a")
+    assert pool.match_prefix(again) == 12
+    pool.free_seq(again)
+    pool.check_integrity()

@@ -82,13 +82,14 @@ def make_engine(loaded, tiny_llama, **scheduler):
 class ThreadedServer:
     """uvicorn serving an app from a background thread, on a free port (no signal handlers)."""
 
-    def __init__(self, app):
+    def __init__(self, app, **config):
+        """config: more uvicorn.Config settings (e.g. http=, timeout_keep_alive=)."""
         import uvicorn
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="off", timeout_graceful_shutdown=1)
+                                lifespan="off", timeout_graceful_shutdown=1, **config)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -36,7 +36,7 @@ async def test_queue_over_limit_is_429(small_queue_engine):
     assert await asyncio.to_thread(wait_until, lambda: engine.stats().num_waiting == 1)
     async with asgi_client(app) as client:
         for path, body in (("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
-                           ("/v1/completions", {"prompt": ["one", "two"]})):
+                           ("/v1/completions", {"prompt": ["one"]})):
             r = await client.post(path, json={"model": "tiny", "max_tokens": 2, **body})
             assert r.status_code == 429, r.text
             assert r.json()["error"]["code"] == "rate_limit_exceeded"
@@ -49,6 +49,73 @@ async def test_queue_over_limit_is_429(small_queue_engine):
         del running
         r = await client.post("/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 2})
         assert r.status_code == 200
+
+
+@pytest.fixture()
+def queue16_engine(tiny_loaded, tiny_llama):
+    e = make_engine(tiny_loaded, tiny_llama, max_waiting_requests=16, max_num_seqs=1)
+    yield e
+    e.shutdown()
+
+
+async def _occupy(engine, waiting_n: int):
+    """One long request running (max_num_seqs=1) and one of n=waiting_n waiting behind it."""
+    long = SamplingParams(max_tokens=400, ignore_eos=True)
+    running = await engine.add_request("running", [5, 6, 7], long)
+    assert await asyncio.to_thread(wait_until, lambda: engine.stats().num_running == 1)
+    waiting = await engine.add_request("waiting", [5, 6, 8], SamplingParams(n=waiting_n, max_tokens=2,
+                                                                             temperature=1.0))
+    return running, waiting
+
+
+async def test_one_request_cannot_flood_the_queue(queue16_engine):
+    """15 prompts x n=128 against a limit of 16: refused (400 naming the limit), nothing queued."""
+    engine = queue16_engine
+    app = build_app({"tiny": engine})
+    async with asgi_client(app) as client:
+        r = await client.post("/v1/completions", json={"model": "tiny", "prompt": [[1, 2, 3]] * 15, "n": 128,
+                                                       "max_tokens": 4})
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["param"] == "n" and "16" in error["message"] and "1920" in error["message"]
+        r = await client.post("/v1/completions", json={"model": "tiny", "prompt": [[1, 2, 3]] * 17,
+                                                       "max_tokens": 4})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", r.text
+        r = await client.post("/v1/chat/completions", json={
+            "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 17, "max_tokens": 2})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "n", r.text
+        assert engine.num_pending == 0 and engine.stats().num_waiting == 0
+        r = await client.post("/v1/completions", json={"model": "tiny", "prompt": [[1, 2, 3]] * 4, "n": 4,
+                                                       "max_tokens": 2})
+        assert r.status_code == 200 and len(r.json()["choices"]) == 16  # exactly the limit fits
+
+
+async def test_queue_counts_sequences_and_refuses_a_request_whole(queue16_engine):
+    engine = queue16_engine
+    app = build_app({"tiny": engine})
+    running, waiting = await _occupy(engine, waiting_n=10)
+    assert await asyncio.to_thread(wait_until, lambda: engine.stats().num_waiting == 10)
+    async with asgi_client(app) as client:
+        # 10 waiting + 4 prompts x n=2 = 18 > 16: refused whole, with nothing of it queued
+        r = await client.post("/v1/completions", json={"model": "tiny", "prompt": [[1, 2]] * 4, "n": 2,
+                                                       "max_tokens": 2})
+        assert r.status_code == 429 and r.headers["retry-after"] == "1", r.text
+        assert set(engine.engine.requests) == {"running", "waiting"}
+        assert engine.stats().num_waiting == 10
+        r = await client.post("/v1/chat/completions", json={
+            "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 7, "max_tokens": 2})
+        assert r.status_code == 429, r.text
+        # 10 + 3 x 2 = 16 fits: admitted whole, and served once the long request is gone
+        pending = asyncio.create_task(client.post("/v1/completions", json={
+            "model": "tiny", "prompt": [[1, 2]] * 3, "n": 2, "max_tokens": 2}))
+        assert await asyncio.to_thread(wait_until, lambda: engine.stats().num_waiting == 16)
+        engine.abort("running")
+        r = await pending
+        assert r.status_code == 200 and len(r.json()["choices"]) == 6
+    outs = [o async for o in waiting]
+    assert outs[-1].finished and len(outs[-1].outputs) == 10
+    del running
+    assert await asyncio.to_thread(wait_until, lambda: engine.stats().num_waiting == 0)
 
 
 async def test_draining_refuses_new_requests_with_503(engine):

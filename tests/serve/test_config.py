@@ -93,3 +93,41 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     cfg.write_text("warp_speed: 9\n")
     assert main(["serve", "--config", str(cfg)]) == 2
     assert "unknown setting 'warp_speed'" in capsys.readouterr().err
+
+
+def test_api_keys_from_a_file_or_the_environment(tmp_path, monkeypatch):
+    from inferd.serve.auth import tenant_of
+    from inferd.serve.cli import _api_keys
+
+    key_file = tmp_path / "keys"
+    key_file.write_text("# team keys\nsk-alone\nacme sk-a1\nacme sk-a2\n\n")
+    monkeypatch.setenv("INFERD_API_KEY", "sk-from-env")
+    args, _ = specs_for(["--api-key-file", str(key_file)])
+    assert _api_keys(args) == {"sk-alone": tenant_of("sk-alone"), "sk-a1": "acme", "sk-a2": "acme"}
+    assert "sk-alone" not in tenant_of("sk-alone")
+    args, _ = specs_for([])
+    assert _api_keys(args) == {"sk-from-env": tenant_of("sk-from-env")}
+    monkeypatch.delenv("INFERD_API_KEY")
+    assert _api_keys(specs_for([])[0]) == {}
+    (tmp_path / "empty").write_text("\n# nothing\n")
+    (tmp_path / "bad").write_text("a b c\n")
+    for path, message in ((tmp_path / "empty", "is empty"), (tmp_path / "missing", "cannot read"),
+                          (tmp_path / "bad", "TENANT KEY")):
+        args, _ = specs_for(["--api-key-file", str(path)])
+        with pytest.raises(ConfigError, match=message):
+            _api_keys(args)
+
+
+def test_access_log_never_holds_a_key_from_the_query_string():
+    import logging
+
+    from inferd.serve.access_log import RedactSecretsFilter, redact_target
+
+    assert redact_target("/v1/models?api_key=sk-1&x=2") == "/v1/models?api_key=REDACTED&x=2"
+    assert redact_target("/v1/models?x=1&key=sk-1&token=t&monkey=ok") == \
+        "/v1/models?x=1&key=REDACTED&token=REDACTED&monkey=ok"
+    assert redact_target("/tokenizer_info?model=tiny") == "/tokenizer_info?model=tiny"
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5", "GET", "/v1/models?API_KEY=sk-secret", "1.1", 401), None)
+    assert RedactSecretsFilter().filter(record)
+    assert "sk-secret" not in record.getMessage() and "API_KEY=REDACTED" in record.getMessage()

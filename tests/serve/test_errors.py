@@ -163,3 +163,23 @@ def test_still_healthy_after_errors(http):
     assert http.get("/health").status_code == 200
     r = http.post(CHAT, json={"model": "tiny", "messages": MSG, "max_tokens": 2})
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+
+
+@pytest.mark.parametrize("path,raw", [
+    (COMPLETIONS, '{"model": "tiny", "prompt": "\\ud800"}'),
+    (COMPLETIONS, '{"model": "tiny", "prompt": ["ok", "a\\udfffb"]}'),
+    (COMPLETIONS, '{"model": "tiny", "prompt": "hi", "stop": ["\\ud800"], "max_tokens": 2}'),
+    (CHAT, '{"model": "tiny", "messages": [{"role": "user", "content": "\\ud800"}]}'),
+    (CHAT, '{"model": "tiny", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\ud800"}]}]}'),
+    (CHAT, '{"model": "\\ud800", "messages": [{"role": "user", "content": "hi"}]}'),
+    ("/tokenize", '{"model": "tiny", "prompt": "\\ud800"}'),
+    ("/tokenize", '{"model": "tiny", "messages": [{"role": "user", "content": "\\ud800"}]}'),
+    ("/tokenize", '{"model": "\\ud800", "prompt": "hi"}'),
+    ("/detokenize", '{"model": "\\ud800", "tokens": [1]}'),
+])
+def test_lone_surrogates_are_4xx_not_500(http, path, raw):
+    """JSON may carry a lone UTF-16 surrogate ("\\ud800"); it is no text a tokenizer can encode."""
+    r = http.post(path, content=raw.encode(), headers={"content-type": "application/json"})
+    e = error_of(r, 400)
+    assert e["code"] == "invalid_unicode" and "surrogate" in e["message"]
+    assert http.post(COMPLETIONS, json={"model": "tiny", "prompt": "hi", "max_tokens": 1}).status_code == 200

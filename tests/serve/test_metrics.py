@@ -8,6 +8,10 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+import torch
+
+from inferd.config import CacheConfig
 from inferd.engine.engine import EngineStats
 from inferd.engine.sequence import Request, Sequence
 from inferd.sampling_params import SamplingParams
@@ -20,9 +24,11 @@ METRICS_MD = Path(__file__).resolve().parents[2] / "README.md"
 
 def fake_engine(speculator=None, running=3, waiting=2):
     stats = EngineStats(num_running=running, num_waiting=waiting, kv_cache_usage=0.25,
-                        prefix_cache_hit_rate=0.5, num_preemptions=4, num_blocks=100)
-    inner = SimpleNamespace(observer=None, speculator=speculator, pool=SimpleNamespace(hits=30, queries=60))
-    return SimpleNamespace(engine=inner, stats=lambda: stats)
+                        prefix_cache_hit_rate=0.5, num_preemptions=4, num_blocks=100, block_size=16,
+                        kv_cache_bytes=3 * 2**20)
+    inner = SimpleNamespace(observer=None, speculator=speculator, pool=SimpleNamespace(hits=30, queries=60),
+                            loaded=SimpleNamespace(device=torch.device("cpu")))
+    return SimpleNamespace(engine=inner, stats=lambda: stats, config=SimpleNamespace(cache=CacheConfig()))
 
 
 def finished_request(n_out: int, reason: str = "stop") -> Request:
@@ -120,6 +126,32 @@ def test_vllm_compat_names():
     assert metric_value(text, "vllm:prefix_cache_hits_total", model_name="m") == 30
     assert metric_value(text, "vllm:prefix_cache_queries_total", model_name="m") == 60
     assert metric_value(text, "vllm:num_preemptions_total", model_name="m") == 4
+
+
+def test_vllm_request_and_step_families():
+    """The families vLLM dashboards query beyond the basics: per-request token and phase
+    histograms, tokens per step, and the cache configuration."""
+    metrics = ServerMetrics(compat="vllm")
+    engine = fake_engine()
+    metrics.attach("m", engine)
+    req, t0 = finished_request(3)
+    req.timing.last_token = t0 + 1.75
+    obs = engine.engine.observer
+    obs.on_first_token(req, t0 + 1)
+    obs.on_step(prompt_tokens=4, generation_tokens=1)
+    obs.on_step(prompt_tokens=0, generation_tokens=2)
+    obs.on_finished(req, t0 + 2)
+    text = render(metrics)
+    for prefix in ("vllm:", "inferd_"):
+        assert metric_value(text, f"{prefix}request_prompt_tokens_sum") == 4
+        assert metric_value(text, f"{prefix}request_generation_tokens_sum") == 3
+        assert metric_value(text, f"{prefix}request_prefill_time_seconds_sum") == pytest.approx(0.5)
+        assert metric_value(text, f"{prefix}request_decode_time_seconds_sum") == pytest.approx(0.75)
+    assert metric_value(text, "vllm:iteration_tokens_total_count", model_name="m") == 2
+    assert metric_value(text, "vllm:iteration_tokens_total_sum", model_name="m") == 7
+    assert metric_value(text, "vllm:cache_config_info", model_name="m", block_size="16", num_cpu_blocks="100",
+                        enable_prefix_caching="True") == 1
+    assert metric_value(text, "inferd_kv_cache_capacity_tokens", model="m") == 1600
 
 
 def test_every_series_is_documented():

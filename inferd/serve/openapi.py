@@ -1,0 +1,168 @@
+"""The OpenAPI document as the server behaves, so generated clients and fuzzers agree with it.
+
+FastAPI documents a 422 for validation errors (this server answers OpenAI's 400), no error body
+shape and only the bounds the pydantic types carry. This rewrites its document: OpenAI's error
+schema under each status a route answers, the value bounds SamplingParams and the routes enforce,
+and the fields a request needs (`messages` non-empty, `prompt` non-empty, /tokenize's one-of).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from inferd.serve.translate import ROLES, TEXT_PARTS
+
+ERROR_SCHEMA = {
+    "type": "object", "required": ["error"], "additionalProperties": False,
+    "properties": {"error": {
+        "type": "object", "required": ["message", "type", "param", "code"],
+        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                       "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}},
+}
+DESCRIPTIONS = {400: "Invalid request (OpenAI's invalid_request_error)", 401: "Missing or wrong API key",
+                404: "Unknown model", 413: "Request body over --max-request-bytes",
+                429: "Waiting queue full; retry after Retry-After", 503: "Shutting down or engine stopped"}
+# Statuses per route, besides 200; 401 only where a key is required, 503 while draining.
+ROUTE_ERRORS = {
+    ("post", "/v1/chat/completions"): [400, 401, 404, 413, 429, 503],
+    ("post", "/v1/completions"): [400, 401, 404, 413, 429, 503],
+    ("post", "/tokenize"): [400, 401, 404, 413, 503],
+    ("post", "/detokenize"): [400, 401, 404, 413, 503],
+    ("get", "/v1/models"): [401, 503],
+    ("get", "/v1/models/{model}"): [401, 404, 503],
+    ("get", "/tokenizer_info"): [400, 404, 503],
+}
+SAMPLING_BOUNDS = {
+    "n": {"minimum": 1, "maximum": 128}, "temperature": {"minimum": 0},
+    "top_p": {"exclusiveMinimum": 0, "maximum": 1}, "top_k": {"minimum": -1}, "min_p": {"minimum": 0, "maximum": 1},
+    "presence_penalty": {"minimum": -2, "maximum": 2}, "frequency_penalty": {"minimum": -2, "maximum": 2},
+    "repetition_penalty": {"exclusiveMinimum": 0, "maximum": 2}, "min_tokens": {"minimum": 0},
+    "seed": {"minimum": -(2**63), "maximum": 2**63 - 1},
+}
+BOUNDS: dict[str, dict[str, dict[str, Any]]] = {
+    "ChatCompletionRequest": {**SAMPLING_BOUNDS, "messages": {"minItems": 1}, "tool_choice": {"enum": ["none", "auto"]},
+                              "max_tokens": {"minimum": 1}, "max_completion_tokens": {"minimum": 1},
+                              "top_logprobs": {"minimum": 0, "maximum": 20}},
+    "CompletionRequest": {**SAMPLING_BOUNDS, "prompt": {"minLength": 1, "minItems": 1}, "suffix": {"maxLength": 0},
+                          "max_tokens": {"minimum": 0}, "logprobs": {"minimum": 0, "maximum": 20},
+                          "prompt_logprobs": {"minimum": 0, "maximum": 20}},
+    "TokenizeRequest": {"messages": {"minItems": 1}},
+    "ChatMessage": {"role": {"enum": sorted(ROLES)}},
+    "ContentPart": {"type": {"enum": sorted(TEXT_PARTS)}},
+}
+REQUIRED = {"ContentPart": ["type", "text"]}  # a text part without text is refused
+# top_logprobs needs logprobs: true (a 400 otherwise).
+DEPENDENT = {"ChatCompletionRequest": {
+    "if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
+    "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}}}
+# Token-id fields, bounded by the model's vocabulary (0) or the tokenizer's (1), which may differ.
+TOKEN_ID_FIELDS = {"CompletionRequest": (["prompt", "stop_token_ids"], 0),
+                   "ChatCompletionRequest": (["stop_token_ids"], 0), "DetokenizeRequest": (["tokens"], 1)}
+MODEL_FIELDS = ["ChatCompletionRequest", "CompletionRequest", "TokenizeRequest", "DetokenizeRequest"]
+# Exactly one of these; the routes refuse anything else with a 400.
+ONE_OF = {"TokenizeRequest": ["prompt", "messages"]}
+KEYWORDS_BY_TYPE = {"minimum": "number", "maximum": "number", "exclusiveMinimum": "number",
+                    "minItems": "array", "minLength": "string", "maxLength": "string", "enum": "string"}
+
+
+def install_openapi(app: FastAPI, api_key_required: bool, vocab_size: tuple[int, int] | None) -> None:
+    """vocab_size: (model, tokenizer) vocabulary sizes when every served model shares them; token
+    ids are bounded by them."""
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            app.openapi_schema = truthful(schema, api_key_required, vocab_size)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def truthful(schema: dict[str, Any], api_key_required: bool,
+             vocab_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    components["ErrorResponse"] = ERROR_SCHEMA
+    error_ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    for path, ops in schema.get("paths", {}).items():
+        for method, op in ops.items():
+            responses = op.setdefault("responses", {})
+            responses.pop("422", None)
+            for status in ROUTE_ERRORS.get((method, path), []):
+                if status == 401 and not api_key_required:
+                    continue
+                responses[str(status)] = {"description": DESCRIPTIONS[status], "content": error_ref}
+            if path in ("/v1/chat/completions", "/v1/completions") and "200" in responses:
+                responses["200"].setdefault("content", {})["text/event-stream"] = {
+                    "schema": {"description": "with stream: true, server-sent events of chunks, ending "
+                               "with 'data: [DONE]'"}}
+            for param in op.get("parameters", []):
+                if param.get("name") == "model":  # an empty name is a 400
+                    _constrain(param.setdefault("schema", {}), {"minLength": 1})
+    for model, fields in BOUNDS.items():
+        props = components.get(model, {}).get("properties", {})
+        for field, bounds in fields.items():
+            if field in props:
+                _constrain(props[field], bounds)
+    for model, (fields, which) in TOKEN_ID_FIELDS.items():
+        props = components.get(model, {}).get("properties", {})
+        ids = {"minimum": 0, **({"maximum": vocab_size[which] - 1} if vocab_size else {})}
+        for field in fields:
+            for node in _integer_nodes(props.get(field, {})):
+                node.update(ids)
+    for model in MODEL_FIELDS:
+        props = components.get(model, {}).get("properties", {})
+        if "model" in props:
+            _constrain(props["model"], {"minLength": 1})
+    chat_props = components.get("ChatCompletionRequest", {}).get("properties", {})
+    if "tool_choice" in chat_props:  # an object (a named tool) needs tool calling: refused
+        chat_props["tool_choice"]["anyOf"] = [b for b in chat_props["tool_choice"].get("anyOf", [])
+                                              if b.get("type") != "object"]
+    for branch in chat_props.get("response_format", {}).get("anyOf", []):
+        if branch.get("type") == "object":  # only plain text output is supported
+            branch["properties"] = {"type": {"enum": ["text"]}}
+    for model, fields in REQUIRED.items():
+        if model in components:
+            components[model]["required"] = fields
+            components[model]["properties"]["text"] = {"type": "string"}
+    for model, rule in DEPENDENT.items():
+        if model in components:
+            components[model].update(rule)
+    for model, fields in ONE_OF.items():
+        if model in components:
+            components[model]["oneOf"] = [{"required": [f], "properties": {f: {"not": {"type": "null"}}}}
+                                          for f in fields]
+    return schema
+
+
+def _integer_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every integer schema inside node (through anyOf and array items)."""
+    if node.get("type") == "integer":
+        return [node]
+    found = []
+    for branch in node.get("anyOf", []):
+        found += _integer_nodes(branch)
+    if "items" in node:
+        found += _integer_nodes(node["items"])
+    return found
+
+
+def _constrain(prop: dict[str, Any], bounds: dict[str, Any]) -> None:
+    """Add each bound to the branches of the property's type it applies to (never to null)."""
+    branches = prop.get("anyOf") or [prop]
+    for branch in branches:
+        kind = branch.get("type")
+        for keyword, value in bounds.items():
+            wanted = KEYWORDS_BY_TYPE[keyword]
+            if kind == wanted or (wanted == "number" and kind == "integer"):
+                branch[keyword] = value
+        if kind == "array" and "minItems" in bounds and "items" in branch:
+            items = branch["items"]  # a list of lists (token-id prompts): each inner one non-empty too
+            if items.get("type") == "array":
+                items["minItems"] = bounds["minItems"]
+            elif items.get("type") == "string" and "minLength" in bounds:
+                items["minLength"] = bounds["minLength"]

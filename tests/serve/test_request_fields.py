@@ -1,0 +1,137 @@
+"""Every request field is implemented or refused: stream_options.continuous_usage_stats (usage in
+every chunk, as vLLM), return_token_ids (vLLM's prompt_token_ids and token_ids), prompt_logprobs
+without echo (returned as vLLM does), and undeclared fields whose meaning the server does not
+implement refused with a 400 naming them."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import httpx
+import pytest
+
+from inferd.serve.app import build_app
+
+MSG = [{"role": "user", "content": "Say something."}]
+
+
+@pytest.fixture()
+def client(engine):
+    app = build_app({"tiny": engine})
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=60)
+
+
+async def stream(client: httpx.AsyncClient, path: str, body: dict) -> list[dict]:
+    async with client.stream("POST", path, json={"model": "tiny", "stream": True, **body}) as r:
+        assert r.status_code == 200, await r.aread()
+        lines = [line async for line in r.aiter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    return [json.loads(line[len("data: "):]) for line in lines[:-1]]
+
+
+async def test_continuous_usage_stats_put_usage_in_every_chunk(client):
+    async with client:
+        prompt = (await client.post("/tokenize", json={"model": "tiny", "messages": MSG})).json()["count"]
+        chunks = await stream(client, "/v1/chat/completions", {
+            "messages": MSG, "max_tokens": 6, "ignore_eos": True, "n": 2,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True}})
+        assert all(c["usage"] is not None for c in chunks)
+        completion = [c["usage"]["completion_tokens"] for c in chunks]
+        assert completion == sorted(completion) and completion[0] == 0 and completion[-1] == 12
+        assert all(c["usage"]["prompt_tokens"] == prompt for c in chunks)
+        assert chunks[-1]["choices"] == []  # include_usage's final chunk is still there
+        chunks = await stream(client, "/v1/completions", {
+            "prompt": ["one", "two"], "max_tokens": 5, "ignore_eos": True,
+            "stream_options": {"continuous_usage_stats": True}})
+        assert all(c["usage"] is not None for c in chunks)
+        assert chunks[-1]["usage"]["completion_tokens"] == 10 and chunks[-1]["choices"]
+        plain = await stream(client, "/v1/completions", {"prompt": "one", "max_tokens": 2})
+        assert all("usage" not in c for c in plain)  # nothing asked, nothing added
+
+
+async def test_return_token_ids(client, engine):
+    tok = engine.tokenizer
+    async with client:
+        body = {"messages": MSG, "max_tokens": 5, "ignore_eos": True, "temperature": 0, "return_token_ids": True}
+        r = (await client.post("/v1/chat/completions", json={"model": "tiny", **body})).json()
+        expected_prompt = (await client.post("/tokenize", json={"model": "tiny", "messages": MSG})).json()["tokens"]
+        assert r["prompt_token_ids"] == expected_prompt
+        (choice,) = r["choices"]
+        assert len(choice["token_ids"]) == r["usage"]["completion_tokens"] == 5
+        assert tok.decode(choice["token_ids"]) == choice["message"]["content"]
+        chunks = await stream(client, "/v1/chat/completions", body)
+        assert chunks[0]["prompt_token_ids"] == expected_prompt
+        assert "prompt_token_ids" not in chunks[1] or chunks[1]["prompt_token_ids"] is None
+        streamed = [t for c in chunks for ch in c["choices"] for t in ch.get("token_ids") or []]
+        assert streamed == choice["token_ids"]  # greedy: the same tokens, delivered as deltas
+
+        body = {"prompt": ["Hello", " world"], "max_tokens": 3, "ignore_eos": True, "temperature": 0,
+                "return_token_ids": True}
+        r = (await client.post("/v1/completions", json={"model": "tiny", **body})).json()
+        assert r["choices"][0]["prompt_token_ids"] == tok.encode("Hello")
+        assert r["choices"][1]["prompt_token_ids"] == tok.encode(" world")
+        assert all(len(c["token_ids"]) == 3 for c in r["choices"])
+        chunks = await stream(client, "/v1/completions", body)
+        firsts = {}
+        for c in chunks:
+            for ch in c["choices"]:
+                firsts.setdefault(ch["index"], ch)
+        assert firsts[1]["prompt_token_ids"] == tok.encode(" world")
+        for i in (0, 1):
+            ids = [t for c in chunks for ch in c["choices"] if ch["index"] == i for t in ch["token_ids"] or []]
+            assert ids == r["choices"][i]["token_ids"]
+        plain = (await client.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1})).json()
+        assert "token_ids" not in plain["choices"][0] and "prompt_token_ids" not in plain["choices"][0]
+
+
+async def test_prompt_logprobs_without_echo_are_returned(client):
+    async with client:
+        r = await client.post("/v1/completions", json={"model": "tiny", "prompt": [5, 6, 7, 8], "max_tokens": 1,
+                                                       "prompt_logprobs": 2})
+        assert r.status_code == 200, r.text
+        entries = r.json()["choices"][0]["prompt_logprobs"]
+        assert len(entries) == 4 and entries[0] is None
+        for tok, entry in zip([6, 7, 8], entries[1:], strict=True):
+            assert str(tok) in entry and 2 <= len(entry) <= 3
+            ranks = sorted(e["rank"] for e in entry.values() if e["rank"] is not None)
+            assert ranks[:2] == [1, 2]
+            assert all(e["logprob"] <= 0 and isinstance(e["decoded_token"], str) for e in entry.values())
+
+
+@pytest.mark.parametrize("field,value", [
+    ("guided_json", {"type": "object"}), ("use_beam_search", True), ("functions", [{"name": "f"}]),
+    ("truncate_prompt_tokens", 5), ("modalities", ["text", "audio"]), ("priority", 3),
+    ("chat_template", "{{ messages }}"), ("echo", True),
+])
+async def test_fields_with_meaning_not_implemented_are_refused(client, field, value):
+    async with client:
+        r = await client.post("/v1/chat/completions", json={"model": "tiny", "messages": MSG, field: value})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == field and r.json()["error"]["code"] == "unsupported_parameter"
+
+
+async def test_refused_message_and_tool_fields(client):
+    async with client:
+        tool_call = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+        r = await client.post("/v1/chat/completions", json={"model": "tiny", "messages": [
+            *MSG, {"role": "assistant", "content": None, "tool_calls": tool_call}]})
+        assert r.status_code == 400 and "tool calls" in r.json()["error"]["message"], r.text
+        r = await client.post("/v1/chat/completions", json={"model": "tiny", "messages": MSG,
+                                                            "tool_choice": "required"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice", r.text
+
+
+async def test_neutral_and_unknown_fields_are_accepted_and_unknown_ones_logged(client, caplog):
+    neutral = {"use_beam_search": False, "modalities": ["text"], "store": False, "metadata": {"a": "b"},
+               "length_penalty": 1.0, "priority": 0, "parallel_tool_calls": True, "user": "u1",
+               "messages": [{"role": "user", "content": "hi", "name": "ann", "tool_calls": []}]}
+    with caplog.at_level(logging.WARNING, logger="inferd.serve.translate"):
+        async with client:
+            r = await client.post("/v1/chat/completions", json={"model": "tiny", "max_tokens": 1, **neutral})
+            assert r.status_code == 200, r.text
+            assert not caplog.records
+            r = await client.post("/v1/chat/completions", json={"model": "tiny", "messages": MSG, "max_tokens": 1,
+                                                                "frobnicate": 3})
+            assert r.status_code == 200, r.text
+    assert any("frobnicate" in rec.getMessage() for rec in caplog.records)
