@@ -8,10 +8,13 @@ plain text instead of OpenAI's error shape.
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inferd.serve.errors import APIError
+from inferd.serve.memory import TRIM_AFTER_BYTES, release_freed_memory
 
 DEFAULT_MAX_REQUEST_BYTES = 4 * 2**20  # a 128k-token prompt is ~0.5 MB of text
 
@@ -64,4 +67,8 @@ class BodyLimitMiddleware:
                     raise BodyTooLarge(self.max_bytes)
             return message
 
-        await self.app(scope, limited_receive, send)
+        try:
+            await self.app(scope, limited_receive, send)
+        finally:
+            if received >= TRIM_AFTER_BYTES:  # its parsed copies are garbage now
+                await asyncio.to_thread(release_freed_memory)
