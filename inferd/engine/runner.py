@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import psutil
 import torch
 
@@ -21,6 +20,7 @@ from inferd.kernels import cpu_ops
 from inferd.kernels.attention import AttentionMetadata
 from inferd.kernels.cpu_linear import pack_linears
 from inferd.kernels.kv_quant import QuantizedKV
+from inferd.kernels.lazy_zeros import lazy_zeros
 from inferd.kernels.native_stack import NativeStack
 from inferd.kernels.weight_arena import move_to_hugepages
 from inferd.model.loader import LoadedModel
@@ -68,22 +68,6 @@ def plan_num_blocks(loaded: LoadedModel, cache: CacheConfig, dtype: torch.dtype,
     if max_num_seqs and max_model_len:  # more could never be held at once (+1: the null block)
         blocks = min(blocks, max_num_seqs * -(-max_model_len // cache.block_size) + 1)
     return max(2, blocks)
-
-
-ALIGN = 64
-
-
-def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Zeros that take no memory until written, on CPU: calloc'd pages the kernel maps on first
-    touch (torch.zeros writes every byte, so an idle server held its whole KV pool resident)."""
-    if device.type != "cpu":
-        return torch.zeros(shape, dtype=dtype, device=device)
-    nbytes = dtype.itemsize
-    for d in shape:
-        nbytes *= d
-    raw = np.zeros(nbytes + ALIGN, dtype=np.uint8)
-    start = -raw.ctypes.data % ALIGN  # 64-byte aligned, as torch's own allocator gives
-    return torch.from_numpy(raw[start:start + nbytes]).view(dtype).view(shape)
 
 
 class ModelRunner:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from inferd.kernels.lazy_zeros import lazy_zeros
+
 KV_DTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
 _QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
 
@@ -23,9 +25,8 @@ class QuantizedKV:
         self.out_dtype = out_dtype
         # Stored as raw bytes: CPU index_copy/index_select do not support float8 directly.
         self.store_dtype = torch.int8 if self.qdtype == torch.int8 else torch.uint8
-        self.data = torch.zeros(num_blocks, block_size, kv_heads, head_dim, dtype=self.store_dtype,
-                                device=device)
-        self.scale = torch.zeros(num_blocks, block_size, kv_heads, dtype=torch.float32, device=device)
+        self.data = lazy_zeros((num_blocks, block_size, kv_heads, head_dim), self.store_dtype, device)
+        self.scale = lazy_zeros((num_blocks, block_size, kv_heads), torch.float32, device)
 
     @property
     def shape(self) -> torch.Size:

@@ -47,7 +47,7 @@ def test_engine_logs_its_pool(loaded, tiny_llama, caplog):
 
 RESIDENCY_PROBE = """
 import sys, psutil, torch
-from inferd.engine.runner import lazy_zeros
+from inferd.kernels.lazy_zeros import lazy_zeros
 rss = lambda: psutil.Process().memory_info().rss
 make = {"lazy": lambda s: lazy_zeros(s, torch.float32, torch.device("cpu")), "torch": torch.zeros}[sys.argv[1]]
 before = rss()
@@ -76,3 +76,27 @@ def test_cpu_pool_is_not_resident_until_used():
     lazy, eager = grown("lazy"), grown("torch")
     assert lazy < 16 * 2**20, f"{lazy / 2**20:.0f} MiB resident right after allocation"
     assert eager > 4 * lazy + 64 * 2**20  # the probe can tell: torch.zeros' pages are resident
+
+
+QUANTIZED_PROBE = """
+import psutil, torch
+from inferd.kernels.kv_quant import QuantizedKV
+rss = lambda: psutil.Process().memory_info().rss
+before = rss()
+kv = QuantizedKV(4096, 16, 4, 1024, "int8", torch.device("cpu"), torch.bfloat16)  # 256 MiB + scales
+grown = rss() - before
+assert float(kv.data[4095].abs().sum()) == 0.0 and float(kv.scale.abs().sum()) == 0.0
+print(grown)
+"""
+
+
+def test_quantized_cpu_pool_is_not_resident_until_used():
+    """The int8/fp8 KV store takes no memory until written either (it was torch.zeros)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", QUANTIZED_PROBE], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-1]) < 16 * 2**20
