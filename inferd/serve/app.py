@@ -2,7 +2,7 @@
 
 It wires the pieces and owns nothing else: OpenAI routes, tokenizer routes, /health, /version,
 /metrics (an own registry per app), the dashboard when present, error handlers, the API-key
-check, the request body cap and the drain gate. Engines are created and shut down by the caller (the CLI or a test).
+check, the request body cap, exact paths and the drain gate. Engines are created and shut down by the caller (the CLI or a test).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from inferd.serve.body_limit import DEFAULT_MAX_REQUEST_BYTES, BodyLimitMiddlewa
 from inferd.serve.errors import install_error_handlers
 from inferd.serve.metrics import ServerMetrics
 from inferd.serve.openapi import install_openapi
+from inferd.serve.paths import ExactPathMiddleware
 from inferd.serve.registry import ServedModels
 from inferd.serve.shutdown import DrainMiddleware, DrainState
 
@@ -86,6 +87,7 @@ def build_app(engines: dict[str, AsyncEngine], *, hidden_aliases: dict[str, Asyn
 
     # Added last = outermost: the drain gate sees every request, then the key is checked (a
     # caller without the key is refused before its body is read), then the body is capped.
+    app.add_middleware(ExactPathMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes)
     if keys:
         app.add_middleware(APIKeyMiddleware, api_keys=keys)

@@ -66,3 +66,15 @@ async def test_model_path_lookup_is_exact(engine):
         for bad in ("tiny%0A", "tiny%0D%0A", "tiny%20", "tiny/", "TINY"):
             r = await client.get(f"/v1/models/{bad}")
             assert r.status_code == 404, (bad, r.text)
+
+
+async def test_every_route_matches_exactly(engine):
+    # Starlette's route regexes end in `$`, which also matches before a trailing newline.
+    app = build_app({"tiny": engine})
+    async with asgi_client(app) as client:
+        body = {"model": "tiny", "prompt": "hi", "max_tokens": 1}
+        assert (await client.post("/v1/completions", json=body)).status_code == 200
+        for path in ("/v1/completions%0A", "/v1/completions%0D", "/health%0A", "/v1/models%09"):
+            r = await (client.post(path, json=body) if "completions" in path else client.get(path))
+            assert r.status_code == 404, (path, r.text)
+            assert r.json()["error"]["code"] == "not_found"
