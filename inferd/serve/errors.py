@@ -25,7 +25,7 @@ _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "inva
           405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
           503: "service_unavailable"}
 
-_HTTP_CODES = {413: "request_too_large"}
+_HTTP_CODES = {408: "request_timeout", 413: "request_too_large"}
 
 
 class APIError(Exception):

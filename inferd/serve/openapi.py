@@ -23,14 +23,15 @@ ERROR_SCHEMA = {
                        "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}},
 }
 DESCRIPTIONS = {400: "Invalid request (OpenAI's invalid_request_error)", 401: "Missing or wrong API key",
-                404: "Unknown model", 413: "Request body over --max-request-bytes",
+                404: "Unknown model", 408: "Request body not received within 60 s",
+                413: "Request body over --max-request-bytes",
                 429: "Waiting queue full; retry after Retry-After", 503: "Shutting down or engine stopped"}
 # Statuses per route, besides 200; 401 only where a key is required, 503 while draining.
 ROUTE_ERRORS = {
-    ("post", "/v1/chat/completions"): [400, 401, 404, 413, 429, 503],
-    ("post", "/v1/completions"): [400, 401, 404, 413, 429, 503],
-    ("post", "/tokenize"): [400, 401, 404, 413, 503],
-    ("post", "/detokenize"): [400, 401, 404, 413, 503],
+    ("post", "/v1/chat/completions"): [400, 401, 404, 408, 413, 429, 503],
+    ("post", "/v1/completions"): [400, 401, 404, 408, 413, 429, 503],
+    ("post", "/tokenize"): [400, 401, 404, 408, 413, 503],
+    ("post", "/detokenize"): [400, 401, 404, 408, 413, 503],
     ("get", "/v1/models"): [401, 503],
     ("get", "/v1/models/{model}"): [401, 404, 503],
     ("get", "/tokenizer_info"): [400, 404, 503],

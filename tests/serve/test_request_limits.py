@@ -215,3 +215,34 @@ async def test_memory_freed_after_a_large_body_goes_back_to_the_os(engine, monke
         r = await client.post("/tokenize", json={"model": "tiny", "prompt": "word " * (memory.TRIM_AFTER_BYTES // 4)})
         assert r.status_code == 200 and trims == [1]
     assert memory.release_freed_memory() == (memory._malloc_trim() is not None)
+
+
+async def test_a_body_that_trickles_in_is_refused_at_the_deadline(engine):
+    # A client sending its body a byte at a time would hold a connection and a buffer forever.
+    import asyncio
+
+    from inferd.serve.body_limit import BodyLimitMiddleware
+
+    app = build_app({"tiny": engine})
+    limited = BodyLimitMiddleware(app, max_bytes=CAP, body_deadline=0.5)
+    sent: list[dict] = []
+    chunks = iter([b'{"model": "tiny", ', b'"prompt": "hi"'])
+
+    async def receive():
+        chunk = next(chunks, None)
+        if chunk is None:
+            await asyncio.sleep(3600)  # the rest never comes
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "raw_path": b"/v1/completions",
+             "query_string": b"", "headers": [(b"content-type", b"application/json")], "http_version": "1.1",
+             "scheme": "http", "server": ("test", 80), "client": ("c", 1), "root_path": ""}
+    start = asyncio.get_running_loop().time()
+    await asyncio.wait_for(limited(scope, receive, send), 10)
+    assert asyncio.get_running_loop().time() - start < 5
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 408
+    error = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["error"]
+    assert error["code"] == "request_timeout" and "did not arrive" in error["message"]
