@@ -48,10 +48,24 @@ BOUNDS: dict[str, dict[str, dict[str, Any]]] = {
                               "top_logprobs": {"minimum": 0, "maximum": 20}},
     "CompletionRequest": {**SAMPLING_BOUNDS, "prompt": {"minLength": 1, "minItems": 1}, "suffix": {"maxLength": 0},
                           "max_tokens": {"minimum": 0}, "logprobs": {"minimum": 0, "maximum": 20},
-                          "prompt_logprobs": {"minimum": 0, "maximum": 20}},
+                          "prompt_logprobs": {"minimum": 0, "maximum": 20}, "best_of": {"minimum": 1, "maximum": 128}},
     "TokenizeRequest": {"messages": {"minItems": 1}},
     "ChatMessage": {"role": {"enum": sorted(ROLES)}},
     "ContentPart": {"type": {"enum": sorted(TEXT_PARTS)}},
+}
+# Rules between fields a JSON schema cannot state, said in words.
+MIN_TOKENS_NOTE = ("Tokens generated before EOS or a stop condition may end the output. Capped at max_tokens "
+                   "and at what the context window leaves after the prompt (those tokens could never be "
+                   "produced): the output then ends there with finish_reason 'length'.")
+FIELD_DESCRIPTIONS = {
+    "ChatCompletionRequest": {"min_tokens": MIN_TOKENS_NOTE},
+    "CompletionRequest": {
+        "min_tokens": MIN_TOKENS_NOTE,
+        "best_of": "Candidates generated per prompt; the n with the highest cumulative log-probability "
+                   "are returned, best first, and usage counts the tokens of all of them. A best_of "
+                   "below n counts as n (OpenAI's API refuses it). Not with stream: true when above n "
+                   "(400).",
+    },
 }
 REQUIRED = {"ContentPart": ["type", "text"]}  # a text part without text is refused
 # top_logprobs needs logprobs: true (a 400 otherwise).
@@ -108,6 +122,11 @@ def truthful(schema: dict[str, Any], api_key_required: bool,
         for field, bounds in fields.items():
             if field in props:
                 _constrain(props[field], bounds)
+    for model, fields in FIELD_DESCRIPTIONS.items():
+        props = components.get(model, {}).get("properties", {})
+        for field, text in fields.items():
+            if field in props:
+                props[field]["description"] = text
     for model, (fields, which) in TOKEN_ID_FIELDS.items():
         props = components.get(model, {}).get("properties", {})
         ids = {"minimum": 0, **({"maximum": vocab_size[which] - 1} if vocab_size else {})}
