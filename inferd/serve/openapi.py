@@ -68,10 +68,14 @@ FIELD_DESCRIPTIONS = {
     },
 }
 REQUIRED = {"ContentPart": ["type", "text"]}  # a text part without text is refused
-# top_logprobs needs logprobs: true (a 400 otherwise).
-DEPENDENT = {"ChatCompletionRequest": {
-    "if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
-    "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}}}
+# Rules between fields (a 400 otherwise): top_logprobs needs logprobs: true; tools (non-empty)
+# need tool_choice "none", as tool calling is not supported.
+DEPENDENT = {"ChatCompletionRequest": [
+    {"if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
+     "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}},
+    {"if": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}},
+     "then": {"required": ["tool_choice"], "properties": {"tool_choice": {"const": "none"}}}},
+]}
 # Token-id fields, bounded by the model's vocabulary (0) or the tokenizer's (1), which may differ.
 TOKEN_ID_FIELDS = {"CompletionRequest": (["prompt", "stop_token_ids"], 0),
                    "ChatCompletionRequest": (["stop_token_ids"], 0), "DetokenizeRequest": (["tokens"], 1)}
@@ -148,9 +152,9 @@ def truthful(schema: dict[str, Any], api_key_required: bool,
         if model in components:
             components[model]["required"] = fields
             components[model]["properties"]["text"] = {"type": "string"}
-    for model, rule in DEPENDENT.items():
+    for model, rules in DEPENDENT.items():
         if model in components:
-            components[model].update(rule)
+            components[model]["allOf"] = rules
     for model, fields in ONE_OF.items():
         if model in components:
             components[model]["oneOf"] = [{"required": [f], "properties": {f: {"not": {"type": "null"}}}}
