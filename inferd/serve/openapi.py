@@ -68,9 +68,13 @@ FIELD_DESCRIPTIONS = {
     },
 }
 REQUIRED = {"ContentPart": ["type", "text"]}  # a text part without text is refused
-# Rules between fields (a 400 otherwise): top_logprobs needs logprobs: true; tools (non-empty)
-# need tool_choice "none", as tool calling is not supported.
-DEPENDENT = {"ChatCompletionRequest": [
+# Rules between fields (a 400 otherwise): stream_options needs stream: true; top_logprobs needs
+# logprobs: true; tools (non-empty) need tool_choice "none", as tool calling is not supported.
+STREAM_OPTIONS_NEED_STREAM = {
+    "if": {"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
+    "then": {"required": ["stream"], "properties": {"stream": {"const": True}}}}
+DEPENDENT = {"CompletionRequest": [STREAM_OPTIONS_NEED_STREAM], "ChatCompletionRequest": [
+    STREAM_OPTIONS_NEED_STREAM,
     {"if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
      "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}},
     {"if": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}},
