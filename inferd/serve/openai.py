@@ -11,7 +11,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -230,7 +230,8 @@ async def completions(body: CompletionRequest, request: Request):
     sub = Submission(engine)
     salt = cache_salt(request, body)
     await sub.add([NewRequest(f"{rid}-{i}", ids, params[i], ids, salt) for i, (_, ids) in enumerate(prompts)])
-    view = _CompletionView(body, prompts, params[0].n, LogprobFormatter(engine.tokenizer))
+    n = 1 if body.n is None else body.n  # params[0].n is best_of where that is larger
+    view = _CompletionView(body, prompts, n, LogprobFormatter(engine.tokenizer))
     extras = _Extras.of(body)
     if body.stream:
         return AbortingStreamingResponse(_completion_stream(sub, rid, model.name, view, extras),
@@ -238,11 +239,21 @@ async def completions(body: CompletionRequest, request: Request):
     finals = await _collect(request, sub)
     if finals is None:
         return Response(status_code=CLIENT_CLOSED)
-    choices = [view.choice(i, out) for i, out in enumerate(finals)]
+    # Usage counts every generated token, best_of's discarded candidates too (as OpenAI bills them).
+    usage = _usage(view.prompt_tokens, sum(view.completion_tokens(f) for f in finals),
+                   sum(f.num_cached_tokens for f in finals))
+    choices = [view.choice(i, pick_best(out, n)) for i, out in enumerate(finals)]
     flat = [c for group in choices for c in group]
-    return _json(CompletionResponse(id=rid, model=model.name, choices=flat,
-                                    usage=_usage(view.prompt_tokens, sum(view.completion_tokens(f) for f in finals),
-                                                 sum(f.num_cached_tokens for f in finals))), extras)
+    return _json(CompletionResponse(id=rid, model=model.name, choices=flat, usage=usage), extras)
+
+
+def pick_best(out: RequestOutput, n: int) -> RequestOutput:
+    """The n candidates with the highest cumulative logprob, best first and renumbered 0..n-1
+    (best_of's selection); out itself when it holds no more than n."""
+    if len(out.outputs) <= n:
+        return out
+    ranked = sorted(out.outputs, key=lambda c: (-c.cumulative_logprob, c.index))[:n]
+    return replace(out, outputs=[replace(c, index=i) for i, c in enumerate(ranked)])
 
 
 class _CompletionView:

@@ -49,16 +49,38 @@ BOUNDS: dict[str, dict[str, dict[str, Any]]] = {
                               "top_logprobs": {"minimum": 0, "maximum": 20}},
     "CompletionRequest": {**SAMPLING_BOUNDS, "prompt": {"minLength": 1, "minItems": 1}, "suffix": {"maxLength": 0},
                           "max_tokens": {"minimum": 0}, "logprobs": {"minimum": 0, "maximum": 20},
-                          "prompt_logprobs": {"minimum": 0, "maximum": 20}},
+                          "prompt_logprobs": {"minimum": 0, "maximum": 20}, "best_of": {"minimum": 1, "maximum": 128}},
     "TokenizeRequest": {"messages": {"minItems": 1}},
     "ChatMessage": {"role": {"enum": sorted(ROLES)}},
     "ContentPart": {"type": {"enum": sorted(TEXT_PARTS)}},
 }
+# Rules between fields a JSON schema cannot state, said in words.
+MIN_TOKENS_NOTE = ("Tokens generated before EOS or a stop condition may end the output. Capped at max_tokens "
+                   "and at what the context window leaves after the prompt (those tokens could never be "
+                   "produced): the output then ends there with finish_reason 'length'.")
+FIELD_DESCRIPTIONS = {
+    "ChatCompletionRequest": {"min_tokens": MIN_TOKENS_NOTE},
+    "CompletionRequest": {
+        "min_tokens": MIN_TOKENS_NOTE,
+        "best_of": "Candidates generated per prompt; the n with the highest cumulative log-probability "
+                   "are returned, best first, and usage counts the tokens of all of them. A best_of "
+                   "below n counts as n (OpenAI's API refuses it). Not with stream: true when above n "
+                   "(400).",
+    },
+}
 REQUIRED = {"ContentPart": ["type", "text"]}  # a text part without text is refused
-# top_logprobs needs logprobs: true (a 400 otherwise).
-DEPENDENT = {"ChatCompletionRequest": {
-    "if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
-    "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}}}
+# Rules between fields (a 400 otherwise): stream_options needs stream: true; top_logprobs needs
+# logprobs: true; tools (non-empty) need tool_choice "none", as tool calling is not supported.
+STREAM_OPTIONS_NEED_STREAM = {
+    "if": {"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
+    "then": {"required": ["stream"], "properties": {"stream": {"const": True}}}}
+DEPENDENT = {"CompletionRequest": [STREAM_OPTIONS_NEED_STREAM], "ChatCompletionRequest": [
+    STREAM_OPTIONS_NEED_STREAM,
+    {"if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
+     "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}},
+    {"if": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}},
+     "then": {"required": ["tool_choice"], "properties": {"tool_choice": {"const": "none"}}}},
+]}
 # Token-id fields, bounded by the model's vocabulary (0) or the tokenizer's (1), which may differ.
 TOKEN_ID_FIELDS = {"CompletionRequest": (["prompt", "stop_token_ids"], 0),
                    "ChatCompletionRequest": (["stop_token_ids"], 0), "DetokenizeRequest": (["tokens"], 1)}
@@ -109,6 +131,11 @@ def truthful(schema: dict[str, Any], api_key_required: bool,
         for field, bounds in fields.items():
             if field in props:
                 _constrain(props[field], bounds)
+    for model, fields in FIELD_DESCRIPTIONS.items():
+        props = components.get(model, {}).get("properties", {})
+        for field, text in fields.items():
+            if field in props:
+                props[field]["description"] = text
     for model, (fields, which) in TOKEN_ID_FIELDS.items():
         props = components.get(model, {}).get("properties", {})
         ids = {"minimum": 0, **({"maximum": vocab_size[which] - 1} if vocab_size else {})}
@@ -130,9 +157,9 @@ def truthful(schema: dict[str, Any], api_key_required: bool,
         if model in components:
             components[model]["required"] = fields
             components[model]["properties"]["text"] = {"type": "string"}
-    for model, rule in DEPENDENT.items():
+    for model, rules in DEPENDENT.items():
         if model in components:
-            components[model].update(rule)
+            components[model]["allOf"] = rules
     for model, fields in ONE_OF.items():
         if model in components:
             components[model]["oneOf"] = [{"required": [f], "properties": {f: {"not": {"type": "null"}}}}

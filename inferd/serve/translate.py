@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 TEXT_PARTS = {"text", "input_text"}
 MAX_TOP_LOGPROBS = 20
+MAX_BEST_OF = 128  # as n
 
 
 # ---- fields the models do not declare ---------------------------------------------------------
@@ -276,6 +277,9 @@ def _finalize(engine: AsyncEngine, ids: list[int], fields: dict[str, Any],
         max_tokens = room
     elif max_tokens < 1:
         raise InvalidParameter(max_tokens_param, f"{max_tokens_param} must be at least 1, got {max_tokens}")
+    # min_tokens past max_tokens or the window could never be produced: generation ends there
+    # (finish_reason "length") instead of refusing a request the API's schema allows.
+    fields["min_tokens"] = min(fields.get("min_tokens", 0), max_tokens, max(limit - len(ids), 0))
     params = SamplingParams(max_tokens=max_tokens, **fields)
     try:
         engine.prepare(ids, params)  # ids in range, fits the window and the KV pool, stop ids valid
@@ -322,9 +326,23 @@ def completion_inputs(req: CompletionRequest, engine: AsyncEngine
                       ) -> tuple[list[tuple[str | None, list[int]]], list[SamplingParams]]:
     """[(prompt text, ids)] and one SamplingParams per prompt. Tokenizes: run it off the event loop."""
     # Before tokenizing: a request with more prompts x n than the queue holds is refused at once.
-    engine.check_size(num_prompts(req.prompt), 1 if req.n is None else max(req.n, 1))
+    if req.best_of is not None and not 1 <= req.best_of <= MAX_BEST_OF:
+        raise bad_request(f"best_of must be in [1, {MAX_BEST_OF}], got {req.best_of}", param="best_of")
+    try:
+        engine.check_size(num_prompts(req.prompt), num_candidates(req))
+    except InvalidParameter as exc:
+        if num_candidates(req) > (req.n or 1):  # best_of made it too large: say so
+            exc.param = "best_of"
+        raise
     prompts = completion_prompts(engine, req.prompt, max_tokens=engine.engine.max_seq_tokens)
     return prompts, [completion_params(req, engine, ids) for _, ids in prompts]
+
+
+def num_candidates(req: CompletionRequest) -> int:
+    """Sequences generated per prompt: best_of (at least n; a smaller best_of counts as n, which
+    OpenAI refuses but a JSON schema cannot forbid), else n."""
+    n = 1 if req.n is None else max(req.n, 1)
+    return max(n, req.best_of or 0)
 
 
 def completion_params(req: CompletionRequest, engine: AsyncEngine, ids: list[int]) -> SamplingParams:
@@ -332,11 +350,19 @@ def completion_params(req: CompletionRequest, engine: AsyncEngine, ids: list[int
     if req.suffix:
         raise bad_request("'suffix' is not supported by this server", param="suffix")
     n = 1 if req.n is None else req.n
-    if req.best_of is not None and req.best_of != n:
-        raise bad_request("'best_of' other than n is not supported", param="best_of")
+    best_of = num_candidates(req) if n >= 1 else n  # n < 1 is refused below, naming n
+    if req.stream and best_of > n:
+        raise bad_request("'best_of' greater than n cannot be streamed (as in OpenAI's API)",
+                          param="best_of")
     fields = _common(req, model_vocab(engine))
     if req.logprobs is not None:
         fields["logprobs"] = req.logprobs
+    if best_of > n:
+        # The engine samples best_of sequences; the route returns the n with the highest
+        # cumulative logprob, which the engine sums only where logprobs are kept (0: the chosen
+        # token's own). The response shows logprobs only when the request asked for them.
+        fields["n"] = best_of
+        fields.setdefault("logprobs", 0)
     if req.prompt_logprobs is not None:
         fields["prompt_logprobs"] = req.prompt_logprobs
     elif req.echo and req.logprobs is not None:

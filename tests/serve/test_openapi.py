@@ -57,8 +57,16 @@ def test_cross_checks_the_server_makes_are_in_the_document(doc):
     assert schemas["ContentPart"]["properties"]["type"]["enum"] == ["input_text", "text"]
     assert sorted(schemas["ChatMessage"]["properties"]["role"]["enum"]) == ["assistant", "developer", "system", "user"]
     chat = schemas["ChatCompletionRequest"]
-    assert chat["then"]["properties"]["logprobs"]["const"] is True  # top_logprobs needs logprobs
+    stream_options, top_lp, tools = chat["allOf"]
+    assert stream_options["then"]["properties"]["stream"]["const"] is True  # stream_options need stream
+    assert schemas["CompletionRequest"]["allOf"] == [stream_options]
+    assert top_lp["then"]["properties"]["logprobs"]["const"] is True  # top_logprobs needs logprobs
+    assert tools["then"]["properties"]["tool_choice"]["const"] == "none"  # tools need tool_choice none
     assert all(b.get("type") != "object" for b in chat["properties"]["tool_choice"]["anyOf"])
+    best_of = schemas["CompletionRequest"]["properties"]["best_of"]
+    assert {"type": "integer", "minimum": 1, "maximum": 128} in best_of["anyOf"]
+    assert "highest cumulative log-probability" in best_of["description"]
+    assert "context window" in schemas["ChatCompletionRequest"]["properties"]["min_tokens"]["description"]
     ids = next(b for b in schemas["DetokenizeRequest"]["properties"]["tokens"]["items"].get("anyOf", [
         schemas["DetokenizeRequest"]["properties"]["tokens"]["items"]]) if b.get("type") == "integer")
     assert ids["minimum"] == 0 and ids["maximum"] == 49151

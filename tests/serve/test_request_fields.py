@@ -135,3 +135,92 @@ async def test_neutral_and_unknown_fields_are_accepted_and_unknown_ones_logged(c
                                                                 "frobnicate": 3})
             assert r.status_code == 200, r.text
     assert any("frobnicate" in rec.getMessage() for rec in caplog.records)
+
+
+# ---- best_of and min_tokens: cross-field rules a JSON schema cannot state (issue 20) -----------
+SAMPLED = {"prompt": "Once upon a time", "max_tokens": 6, "ignore_eos": True, "temperature": 1.0, "seed": 11}
+
+
+def cumulative(choice: dict) -> float:
+    return sum(choice["logprobs"]["token_logprobs"])
+
+
+async def test_best_of_returns_the_candidates_with_the_best_cumulative_logprob(client):
+    async with client:
+        # The same seed samples the same candidates: n=3 shows all of them with their logprobs.
+        r = await client.post("/v1/completions", json={"model": "tiny", **SAMPLED, "n": 3, "logprobs": 0})
+        assert r.status_code == 200, r.text
+        ranked = sorted(r.json()["choices"], key=cumulative, reverse=True)
+        assert len({c["text"] for c in ranked}) > 1  # sampled: the candidates differ
+        r = await client.post("/v1/completions", json={"model": "tiny", **SAMPLED, "best_of": 3})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [c["text"] for c in body["choices"]] == [ranked[0]["text"]]
+        assert body["choices"][0]["index"] == 0 and body["choices"][0]["logprobs"] is None
+        assert body["usage"]["completion_tokens"] == 3 * 6  # every candidate's tokens count
+        r = await client.post("/v1/completions", json={"model": "tiny", **SAMPLED, "best_of": 3, "n": 2,
+                                                       "logprobs": 1})
+        choices = r.json()["choices"]
+        assert [c["text"] for c in choices] == [c["text"] for c in ranked[:2]]
+        assert [c["index"] for c in choices] == [0, 1]
+        assert cumulative(choices[0]) >= cumulative(choices[1])
+        assert r.json()["usage"]["completion_tokens"] == 18
+
+
+async def test_best_of_greedy_and_below_n(client):
+    async with client:
+        greedy = {"prompt": "Once upon a time", "max_tokens": 4, "ignore_eos": True, "temperature": 0}
+        one = (await client.post("/v1/completions", json={"model": "tiny", **greedy})).json()
+        r = await client.post("/v1/completions", json={"model": "tiny", **greedy, "best_of": 3})
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == one["choices"][0]["text"]
+        assert r.json()["usage"]["completion_tokens"] == 12
+        # best_of below n counts as n (OpenAI refuses it; a JSON schema cannot say so).
+        r = await client.post("/v1/completions", json={"model": "tiny", **greedy, "n": 2, "best_of": 1})
+        assert r.status_code == 200, r.text
+        assert len(r.json()["choices"]) == 2 and r.json()["usage"]["completion_tokens"] == 8
+
+
+async def test_best_of_above_n_cannot_stream(client):
+    async with client:
+        r = await client.post("/v1/completions", json={"model": "tiny", **SAMPLED, "best_of": 2, "stream": True})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "best_of"
+        chunks = await stream(client, "/v1/completions", {**SAMPLED, "best_of": 2, "n": 2})
+        assert {c["choices"][0]["index"] for c in chunks if c["choices"]} == {0, 1}
+
+
+async def test_best_of_counts_against_the_waiting_queue(tiny_loaded, tiny_llama):
+    from .helpers import make_engine
+
+    engine = make_engine(tiny_loaded, tiny_llama, max_waiting_requests=4)
+    try:
+        app = build_app({"tiny": engine})
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+            r = await c.post("/v1/completions", json={"model": "tiny", "prompt": "hi", "best_of": 5})
+            assert r.status_code == 400 and r.json()["error"]["param"] == "best_of"
+            r = await c.post("/v1/completions", json={"model": "tiny", "prompt": "hi", "best_of": 4,
+                                                      "max_tokens": 2})
+            assert r.status_code == 200, r.text
+    finally:
+        engine.shutdown()
+
+
+async def test_min_tokens_beyond_the_window_or_max_tokens_is_capped(client):
+    async with client:
+        window = engine_window(client)
+        prompt = [1] * (window - 5)
+        r = await client.post("/v1/completions", json={"model": "tiny", "prompt": prompt, "max_tokens": None,
+                                                       "min_tokens": 10**6})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["choices"][0]["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 5
+        r = await client.post("/v1/chat/completions", json={"model": "tiny", "messages": MSG, "max_tokens": 3,
+                                                            "min_tokens": 20})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["choices"][0]["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 3
+
+
+def engine_window(client: httpx.AsyncClient) -> int:
+    engine = client._transport.app.state.models.get("tiny").engine  # noqa: SLF001
+    return engine.engine.max_seq_tokens
