@@ -99,6 +99,8 @@ def test_rope_write_kv_rejects_a_slot_outside_the_cache():
 
 
 def _decode_case(dtype, lens, heads, kv_heads, dim, block, seed=0):
+    """One query row per sequence; each sequence's K/V rows in blocks scattered over the pool in
+    shuffled order (block 0 never used, so a wrong table entry reads garbage, not a neighbour)."""
     g = torch.Generator().manual_seed(seed)
     width = max(-(-n // block) for n in lens)
     num_blocks = len(lens) * width + 1

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from inferd.kernels import cpu_isa, cpu_ops
+from tests.kernels.test_cpu_ops import _decode_case
 
 BF16_ULP = 2.0 ** -7
 
@@ -48,25 +49,6 @@ def generic():
 
 
 # ---------------------------------------------------------------- paged attention
-
-
-def _decode_case(dtype, lens, heads, kv_heads, dim, block, seed=0):
-    """One query row per sequence; each sequence's K/V rows in blocks scattered over the pool in
-    shuffled order (block 0 never used, so a wrong table entry reads garbage, not a neighbour)."""
-    g = torch.Generator().manual_seed(seed)
-    width = max(-(-n // block) for n in lens)
-    num_blocks = len(lens) * width + 1
-    k_cache = torch.randn(num_blocks, block, kv_heads, dim, generator=g).to(dtype)
-    v_cache = torch.randn(num_blocks, block, kv_heads, dim, generator=g).to(dtype)
-    tables = (torch.randperm(num_blocks - 1, generator=g)[:len(lens) * width] + 1).view(len(lens), width)
-    q = torch.randn(len(lens), heads, dim, generator=g).to(dtype)
-    keys, vals = [], []
-    for s, n in enumerate(lens):
-        pos = torch.arange(n)
-        slots = tables[s][pos // block] * block + pos % block
-        keys.append(k_cache.view(-1, kv_heads, dim)[slots])
-        vals.append(v_cache.view(-1, kv_heads, dim)[slots])
-    return q, k_cache, v_cache, tables.contiguous(), torch.tensor(lens), keys, vals
 
 
 def _attention_reference(q, keys, vals, scale, window):

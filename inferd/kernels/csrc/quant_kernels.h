@@ -88,6 +88,28 @@ constexpr int64_t scale_halves() { return INT4 ? 32 : 16; }
 #include "rows_mm_scalar.h"
 #endif
 
+#if defined(INFERD_ROWS_MM_BLOCKS)
+namespace inferd_quant {
+
+// Output rows [n0, n1) (multiples of 16 from 0, except at n) of x @ W.T for all rows of x
+// (widened to fp32), in passes of MAX_ROWS rows through the vector header's rows_mm_block.
+template <typename Decode, typename Scale>
+inline void rows_mm_range(const float* xf, const uint8_t* wp, const Scale* sp, int64_t rows, int64_t n, int64_t k,
+                          int64_t n0, int64_t n1, BFloat16* yp) {
+  using Block = void (*)(const float*, const uint8_t*, const Scale*, int64_t, int64_t, int64_t, BFloat16*, int64_t);
+  static constexpr Block by_rows[] = {
+      rows_mm_block<1, Decode, Scale>, rows_mm_block<2, Decode, Scale>, rows_mm_block<3, Decode, Scale>,
+      rows_mm_block<4, Decode, Scale>, rows_mm_block<5, Decode, Scale>, rows_mm_block<6, Decode, Scale>,
+      rows_mm_block<7, Decode, Scale>, rows_mm_block<8, Decode, Scale>};
+  for (int64_t r0 = 0; r0 < rows; r0 += MAX_ROWS) {
+    const int64_t r = std::min(MAX_ROWS, rows - r0);
+    by_rows[r - 1](xf + r0 * k, wp, sp, k, n0, n1, yp + r0 * n, n);
+  }
+}
+
+}  // namespace inferd_quant
+#endif
+
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #include "tiles_avx512.h"
 #elif defined(__AVX2__) && defined(__FMA__) && __has_include("tiles_avx2.h")

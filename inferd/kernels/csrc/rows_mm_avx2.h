@@ -6,6 +6,8 @@
 // the same alone or in a batch. See quant_kernels.h for the contract.
 #pragma once
 
+#define INFERD_ROWS_MM_BLOCKS 1  // rows_mm_block<M rows, Decode, Scale> below
+
 #include "vec_avx2.h"
 
 namespace inferd_quant {
@@ -126,21 +128,6 @@ inline void rows_mm_block(const float* x, const uint8_t* w, const Scale* scale, 
 
 }  // namespace rows_avx2
 
-// Output rows [n0, n1) (multiples of 16 from 0, except at n) of x @ W.T for all rows of x
-// (widened to fp32), in passes of MAX_ROWS rows.
-template <typename Decode, typename Scale>
-inline void rows_mm_range(const float* xf, const uint8_t* wp, const Scale* sp, int64_t rows, int64_t n, int64_t k,
-                          int64_t n0, int64_t n1, BFloat16* yp) {
-  using rows_avx2::rows_mm_block;
-  using Block = void (*)(const float*, const uint8_t*, const Scale*, int64_t, int64_t, int64_t, BFloat16*, int64_t);
-  static constexpr Block by_rows[] = {
-      rows_mm_block<1, Decode, Scale>, rows_mm_block<2, Decode, Scale>, rows_mm_block<3, Decode, Scale>,
-      rows_mm_block<4, Decode, Scale>, rows_mm_block<5, Decode, Scale>, rows_mm_block<6, Decode, Scale>,
-      rows_mm_block<7, Decode, Scale>, rows_mm_block<8, Decode, Scale>};
-  for (int64_t r0 = 0; r0 < rows; r0 += MAX_ROWS) {
-    const int64_t r = std::min(MAX_ROWS, rows - r0);
-    by_rows[r - 1](xf + r0 * k, wp, sp, k, n0, n1, yp + r0 * n, n);
-  }
-}
+using rows_avx2::rows_mm_block;  // rows_mm_range (quant_kernels.h) runs it in passes
 
 }  // namespace inferd_quant
