@@ -32,9 +32,11 @@ def pytest_generate_tests(metafunc):
 def kernel_level(request):
     """The ISA level whose kernels the test runs on (None outside the per-level modules)."""
     name = getattr(request, "param", None)
-    if name is None or os.environ.get("INFERD_NATIVE_CPU") == "0":
+    if name is None:
         yield None
         return
+    if os.environ.get("INFERD_NATIVE_CPU") == "0":
+        pytest.skip("INFERD_NATIVE_CPU=0 turns the native CPU kernels off: there is no native path to test")
     if cpu_ops.ops_for(name) is None:
         pytest.skip(f"the {name} CPU kernels did not build on this machine (see the log line)")
     with cpu_ops.use_level(name):
@@ -55,3 +57,9 @@ def needs_packed_bf16() -> None:
 
     if bf16_via_fp32():
         pytest.skip("this CPU has no native bf16: bf16 linears run as fp32 GEMMs, outside the native stack")
+
+
+def needs_native() -> None:
+    """Skip where INFERD_NATIVE_CPU=0 turns the native kernels off (the test is about them)."""
+    if os.environ.get("INFERD_NATIVE_CPU") == "0":
+        pytest.skip("INFERD_NATIVE_CPU=0 turns the native CPU kernels off: there is no native path to test")

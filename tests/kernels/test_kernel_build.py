@@ -9,6 +9,7 @@ import logging
 import pytest
 
 from inferd.kernels import cpu_isa, cpu_ops
+from tests.kernels.conftest import needs_native
 
 ZEN3 = frozenset({"avx2", "fma", "f16c", "sse4_2"})
 XEON = ZEN3 | {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8",
@@ -59,6 +60,7 @@ def sandbox(tmp_path, monkeypatch):
 
 
 def test_a_failed_build_is_one_line_remembered_and_the_level_below_is_used(sandbox, caplog, monkeypatch):
+    needs_native()
     root, calls = sandbox
     monkeypatch.setattr(cpu_ops.torch.ops, "inferd_cpu_generic", "generic ops", raising=False)
     best = cpu_isa.best_level()

@@ -8,6 +8,7 @@ from torch import nn
 from inferd.kernels import cpu_ops
 from inferd.kernels.weight_arena import move_to_hugepages
 from inferd.quant.apply import quantize_model_and_head
+from tests.kernels.conftest import needs_native
 
 
 class _Tiny(nn.Module):
@@ -21,6 +22,7 @@ class _Tiny(nn.Module):
 
 
 def test_weights_move_into_one_buffer_and_compute_the_same():
+    needs_native()
     model = _Tiny()
     quantize_model_and_head(model, "int4", "int8", group_size=32)
     x = torch.randn(3, 64).to(torch.bfloat16)
