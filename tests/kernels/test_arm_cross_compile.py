@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from inferd.kernels import cpu_isa
+from inferd.kernels import cpu_isa, native_kinds
 
 ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "inferd" / "kernels" / "csrc"
@@ -84,6 +84,7 @@ def test_kernels_compile_for_arm64(level_name, tmp_path):
     cxx = _compiler()
     level = LEVELS[level_name]
     flags = (["-std=c++20", "-fsyntax-only", "-fopenmp", "-ffp-contract=off", "-w"] + _march(level)
+             + native_kinds.compile_defines()
              + [f"-DINFERD_OPS_NS=inferd_cpu_{level.name}", "-DTORCH_API_INCLUDE_EXTENSION_H",
                 f"-I{CSRC}"]
              + _torch_includes())

@@ -335,7 +335,9 @@ struct TeamExecutor {
 bool serves(const Tensor& x, at::IntArrayRef layout, int64_t max_rows) {
   if (x.scalar_type() != at::kBFloat16 || x.size(0) > std::min<int64_t>(max_rows, TEAM_MAX_ROWS)) return false;
   for (size_t i = 0; i < layout.size(); i += 2)
-    if (layout[i] < INT4 || layout[i] > INT8_TILES) return false;  // oneDNN's GEMMs bring their own threads
+    if (layout[i] != INT4 && layout[i] != INT8 && layout[i] != FP8 && layout[i] != INT8_PLANES &&
+        layout[i] != INT8_TILES)
+      return false;  // PACKED: oneDNN's GEMMs bring their own threads
   return true;
 }
 
