@@ -46,6 +46,9 @@ def pack_int4(codes: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor,
     n, k = codes.shape
     if device.type == "cpu" and tiles_apply(n, k) and fp16_holds(scale) and fp16_holds(minimum):
         return Int4Packed(pack_int4_tiles(codes), tile_scale_min(scale, minimum), True)
+    if k // scale.shape[1] < 32:
+        raise ValueError(f"int4 group {k // scale.shape[1]} runs on inferd's CPU tile kernel only, which "
+                         "cannot take this weight here (not built, or scales outside fp16's range)")
     pairs = int4_scale_zeros(scale, minimum + 8 * scale)  # tinygemm: w = (q - 8) * scale + zero
     if device.type == "cuda":
         return Int4Packed(pack_int4_cuda(codes), pairs, False)
@@ -83,10 +86,13 @@ def _tile_pairs_as_tinygemm(scale_min: torch.Tensor) -> torch.Tensor:
 
 def int4_shape_problem(n: int, k: int, group_size: int, device: torch.device) -> str | None:
     """Why the int4 kernel for `device` cannot take an [n, k] weight, or None when it can."""
-    if group_size not in (32, 64, 128, 256):
-        return f"the int4 kernels take group sizes 32, 64, 128 or 256, not {group_size}"
+    if group_size not in (16, 32, 64, 128, 256):
+        return f"the int4 kernels take group sizes 16, 32, 64, 128 or 256, not {group_size}"
     if k % group_size:
         return f"group_size {group_size} does not divide in_features {k}"
+    if group_size == 16 and not (device.type == "cpu" and tiles_apply(n, k)):
+        # GGUF Q2_K/Q3_K: torch's kernels (CPU and CUDA tinygemm) start at group 32.
+        return "group size 16 runs on inferd's CPU tile kernel only, which is not in use here"
     if device.type == "cuda":
         if n % 8 or k % 32:
             return f"CUDA tinygemm needs out_features % 8 == 0 and in_features % 32 == 0, got {n}x{k}"

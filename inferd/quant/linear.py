@@ -152,9 +152,11 @@ class Int8Linear(_QuantLinear):
         super().__init__(weight.shape, bias, device,
                          compute_dtype or default_compute_dtype(device, torch.float32))
         self.group_size = weight.group_size
+        self.symmetric = weight.symmetric
         n, k = weight.shape
+        # The int8 tiles hold no min: asymmetric int8 (GGUF Q5_1, Q5_K) runs as two int4 planes.
         self.tile_group = kernels.int8_tile_group(n, k, weight.group_size, weight.per_channel, weight.scale) \
-            if device.type == "cpu" and self.compute_dtype == torch.bfloat16 else None
+            if device.type == "cpu" and self.compute_dtype == torch.bfloat16 and weight.symmetric else None
         if self.tile_group is not None:
             self.two_plane = False
             scale = weight.scale.repeat_interleave(k // self.tile_group // weight.scale.shape[1], dim=1)
@@ -162,7 +164,7 @@ class Int8Linear(_QuantLinear):
             self.register_buffer("qweight", tiles.codes.to(device))
             self.register_buffer("scale", tiles.scales.to(device))
             return
-        self.two_plane = device.type == "cuda" or not weight.per_channel
+        self.two_plane = device.type == "cuda" or not weight.per_channel or not weight.symmetric
         if not self.two_plane:
             self.register_buffer("qweight", weight.qweight.to(device))
             self.register_buffer("scale", weight.scale[:, 0].to(device, self.compute_dtype))
@@ -176,11 +178,15 @@ class Int8Linear(_QuantLinear):
         if problem := kernels.int4_shape_problem(n, k, plane_group, device):
             raise ValueError(f"int8 here runs on the int4 kernel, which refuses: {problem}")
         self.plane_group = plane_group
-        d = weight.scale.repeat_interleave(k // plane_group // weight.scale.shape[1], dim=1)
+        repeat = k // plane_group // weight.scale.shape[1]
+        d = weight.scale.repeat_interleave(repeat, dim=1)
         q = weight.qweight.to(torch.int16)
         codes = torch.cat([(q >> 4) + 8, q & 0x0F], dim=1)  # arithmetic shift: hi in [-8, 7]
         scale = torch.cat([16 * d, d], dim=1)
-        minimum = torch.cat([-128 * d, torch.zeros_like(d)], dim=1)  # (c - 8) 16 d and c d
+        # (c - 8) 16 d and c d, plus the weight's own min (if any) on the low plane: each plane's
+        # min then stays a value the weight holds (-128 d exactly), never a rounded sum.
+        low_min = torch.zeros_like(d) if weight.min is None else weight.min.repeat_interleave(repeat, dim=1)
+        minimum = torch.cat([-128 * d, low_min], dim=1)
         packed = kernels.pack_int4(codes, scale, minimum, device)
         self.register_buffer("qweight", packed.qweight)
         self.register_buffer("scale_zeros", packed.scale_zeros)
@@ -246,7 +252,7 @@ class Int8Linear(_QuantLinear):
     def extra_repr(self) -> str:
         groups = "per_channel" if self.group_size == self.in_features else f"group_size={self.group_size}"
         kernel = "int8_tiles" if self.tile_group is not None else "int4x2_tinygemm" if self.two_plane else "int8pack"
-        return f"{self._repr_base()}, {groups}, kernel={kernel}"
+        return f"{self._repr_base()}, {groups}, symmetric={self.symmetric}, kernel={kernel}"
 
 
 class Int4Linear(_QuantLinear):
