@@ -144,6 +144,8 @@ class Int8Linear(_QuantLinear):
     `_weight_int8pack_mm` is a naive kernel, 5-50x slower than bf16), take the "two-plane"
     path: q = 16 hi + lo splits into two int4 planes run as one tinygemm call over [x, x], hi
     with scale 16 d and lo with scale d, zero 8 d. Exact up to bf16 rounding of d.
+    Asymmetric int8 (a min per group: GGUF Q5_1/Q5_K, fused parts widened to one format) runs
+    on the int8 tiles with (scale, min) pairs, else as two planes with the min on the low one.
     """
 
     def __init__(self, weight: Int8Weight, bias: torch.Tensor | None = None, *,
@@ -154,13 +156,15 @@ class Int8Linear(_QuantLinear):
         self.group_size = weight.group_size
         self.symmetric = weight.symmetric
         n, k = weight.shape
-        # The int8 tiles hold no min: asymmetric int8 (GGUF Q5_1, Q5_K) runs as two int4 planes.
-        self.tile_group = kernels.int8_tile_group(n, k, weight.group_size, weight.per_channel, weight.scale) \
-            if device.type == "cpu" and self.compute_dtype == torch.bfloat16 and weight.symmetric else None
+        self.tile_group = kernels.int8_tile_group(n, k, weight.group_size, weight.per_channel, weight.scale,
+                                                  weight.min) \
+            if device.type == "cpu" and self.compute_dtype == torch.bfloat16 else None
         if self.tile_group is not None:
             self.two_plane = False
-            scale = weight.scale.repeat_interleave(k // self.tile_group // weight.scale.shape[1], dim=1)
-            tiles = kernels.pack_int8_tiles(weight.qweight, scale, self.tile_group)
+            repeat = k // self.tile_group // weight.scale.shape[1]
+            scale = weight.scale.repeat_interleave(repeat, dim=1)
+            low = None if weight.min is None else weight.min.repeat_interleave(repeat, dim=1)
+            tiles = kernels.pack_int8_tiles(weight.qweight, scale, self.tile_group, low)
             self.register_buffer("qweight", tiles.codes.to(device))
             self.register_buffer("scale", tiles.scales.to(device))
             return
