@@ -51,13 +51,13 @@ class ModelConfig:
     device: str = "auto"
     max_model_len: int | None = None  # None: the model's own context length
     # auto (the machine's choice: a GGUF's own blocks where inferd runs them exactly, else none)
-    # | none | int8 | int4 | fp8 | gguf (keep GGUF blocks)
+    # | none | a method of inferd.quant.registry.QUANT_METHODS (int8 | int4 | fp8 | gguf: keep GGUF blocks)
     quantization: str = "auto"
     quant_group_size: int = 64
     quant_symmetric: bool = True
     quant_skip: tuple[str, ...] = ()
     # Also quantize the LM head (and a tied embedding with it): True = with `quantization`'s
-    # method, or a method of its own ("int8", "int4", "fp8").
+    # method, or a method of its own (inferd.quant.registry.HEAD_METHODS: "int8", "int4", "fp8").
     quant_lm_head: bool | str = False
     seed: int = 0
 

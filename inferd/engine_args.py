@@ -6,8 +6,7 @@ import argparse
 
 from inferd.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, SpeculativeConfig
 from inferd.model.registry import DEFAULT_MODEL
-
-HEAD_METHODS = ("int8", "int4", "fp8")
+from inferd.quant.registry import GROUP_SIZES, HEAD_METHODS, LOAD_METHODS
 
 
 def add_quant_lm_head_flag(group) -> None:
@@ -37,11 +36,11 @@ def add_engine_args(p: argparse.ArgumentParser, model_nargs: str | None = None) 
     g.add_argument("--max-model-len", type=int, default=None, help="context window (default: the model's)")
     g.add_argument("--seed", type=int, default=0)
     q = p.add_argument_group("quantization")
-    q.add_argument("--quantization", default="auto", choices=["auto", "none", "int8", "int4", "fp8", "gguf"],
+    q.add_argument("--quantization", default="auto", choices=["auto", "none", *LOAD_METHODS],
                    help="weight quantization applied at load time (gguf: keep the file's quantized blocks; "
                         "auto: gguf with --quant-lm-head for a GGUF file where inferd's kernels run its "
                         "blocks exactly and --dtype is auto, else none)")
-    q.add_argument("--quant-group-size", type=int, default=64, choices=[32, 64, 128])
+    q.add_argument("--quant-group-size", type=int, default=64, choices=GROUP_SIZES)
     q.add_argument("--quant-asymmetric", action="store_true", help="int4 with a zero point per group")
     q.add_argument("--quant-skip", action="append", default=[], metavar="PATTERN",
                    help="keep modules matching this glob in higher precision (repeatable)")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from inferd.kernels import cpu_isa
+from inferd.kernels import cpu_isa, native_kinds
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ def library_name(level: cpu_isa.IsaLevel) -> str:
 
 
 def _cflags(level: cpu_isa.IsaLevel) -> list[str]:
-    return _BASE_CFLAGS + cpu_isa.compile_flags(level) + _tune_flags() + [f"-DINFERD_OPS_NS=inferd_cpu_{level.name}"]
+    return (_BASE_CFLAGS + cpu_isa.compile_flags(level) + _tune_flags() + native_kinds.compile_defines()
+            + [f"-DINFERD_OPS_NS=inferd_cpu_{level.name}"])
 
 
 def _build_root() -> Path:

@@ -19,8 +19,11 @@ from torch import nn
 
 from inferd.kernels import cpu_ops
 from inferd.kernels.attention import NATIVE_HEAD_DIMS, AttentionMetadata
+from inferd.kernels.native_kinds import LinearKind
 
-PACKED, INT4, INT8, FP8, INT8_PLANES, INT8_TILES = range(6)  # the linear kinds decoder_stack.cpp runs
+# The linear kinds decoder_stack.cpp runs (one table for Python and C++: native_kinds.py).
+PACKED, INT4, INT8, FP8, INT8_PLANES, INT8_TILES = (LinearKind.PACKED, LinearKind.INT4, LinearKind.INT8,
+                                                    LinearKind.FP8, LinearKind.INT8_PLANES, LinearKind.INT8_TILES)
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ class NativeStack:
                 if spec is None:
                     return None
                 weights += [spec.a, spec.b, spec.bias]
-                layout += [spec.kind, spec.group]
+                layout += [int(spec.kind), spec.group]
                 max_rows = min(max_rows, spec.max_rows)
         weights.append(model.model.norm.weight)
         eps = model.model.norm.eps

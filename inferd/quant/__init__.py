@@ -5,19 +5,17 @@ from inferd.quant.apply import QuantReport, quantize_model
 from inferd.quant.embedding import QuantizedEmbedding
 from inferd.quant.formats import (
     INT4_GROUP_SIZES,
-    METHODS,
     Fp8Weight,
     Int4Weight,
     Int8Weight,
     QuantizedWeight,
     pack_int4,
-    quantize,
     quantize_fp8,
     quantize_int4,
     quantize_int8,
     unpack_int4,
 )
-from inferd.quant.gguf_blocks import SUPPORTED_GGUF_TYPES, from_gguf_blocks
+from inferd.quant.gguf_blocks import from_gguf_blocks
 from inferd.quant.linear import (
     Fp8Linear,
     Int4Linear,
@@ -25,8 +23,16 @@ from inferd.quant.linear import (
     QuantLinear,
     linear_from_quantized,
 )
+from inferd.quant.registry import (
+    GGUF_BLOCK_FORMATS,
+    METHODS,
+    QUANT_METHODS,
+    SUPPORTED_GGUF_TYPES,
+    quantize,
+)
 
 __all__ = [
+    "GGUF_BLOCK_FORMATS",
     "INT4_GROUP_SIZES",
     "METHODS",
     "SUPPORTED_GGUF_TYPES",
@@ -37,6 +43,7 @@ __all__ = [
     "Int8Linear",
     "Int8Weight",
     "QuantLinear",
+    "QUANT_METHODS",
     "QuantReport",
     "QuantizedEmbedding",
     "QuantizedWeight",

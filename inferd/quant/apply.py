@@ -16,15 +16,7 @@ from torch import nn
 
 from inferd.quant import kernels
 from inferd.quant.embedding import embedding_from_quantized
-from inferd.quant.formats import (
-    INT4_GROUP_SIZES,
-    METHODS,
-    Fp8Weight,
-    Int4Weight,
-    Int8Weight,
-    QuantizedWeight,
-    quantize,
-)
+from inferd.quant.formats import Fp8Weight, Int4Weight, Int8Weight, QuantizedWeight
 from inferd.quant.linear import (
     Fp8Linear,
     Int4Linear,
@@ -32,6 +24,7 @@ from inferd.quant.linear import (
     QuantLinear,
     default_compute_dtype,
 )
+from inferd.quant.registry import METHODS, quant_method, quantize
 
 
 @dataclass
@@ -129,10 +122,11 @@ def quantize_model(model: nn.Module, method: str, *, group_size: int = 64, symme
     embedding are then quantized together and always read the same values.
     Modules are quantized on the device their weights are on: move the model there first.
     """
-    if method not in METHODS:
+    entry = quant_method(method)
+    if entry.quantize is None:
         raise ValueError(f"unknown quantization method {method!r}; choose one of {METHODS}")
-    if method == "int4" and group_size not in INT4_GROUP_SIZES:
-        raise ValueError(f"int4 group_size must be one of {INT4_GROUP_SIZES}, got {group_size}")
+    if entry.group_sizes and group_size not in entry.group_sizes:
+        raise ValueError(f"{method} group_size must be one of {entry.group_sizes}, got {group_size}")
     skip = (skip,) if isinstance(skip, str) else tuple(skip)
     report = QuantReport(method, model_bytes_before=_model_bytes(model))
     modules = dict(model.named_modules())

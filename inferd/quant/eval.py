@@ -19,6 +19,7 @@ from inferd.config import ModelConfig
 from inferd.model.loader import LoadedModel, load_model
 from inferd.model.scoring import sequence_logits
 from inferd.quant.apply import quantize_model, quantize_model_and_head
+from inferd.quant.registry import quant_method
 
 PROMPTS = [
     "Explain why the sky is blue in two sentences.",
@@ -202,7 +203,7 @@ def format_result(r: QuantEvalResult) -> str:
     q = r.quantized
     lines = [
         f"quant-eval: {r.method}" + (f" (group {r.group_size}, {'sym' if r.symmetric else 'asym'})"
-                                     if r.method == "int4" else "") + (f", skip {r.skip}" if r.skip else "")
+                                     if quant_method(r.method).group_sizes else "") + (f", skip {r.skip}" if r.skip else "")
         + ((f", LM head {r.lm_head_quantized}" if isinstance(r.lm_head_quantized, str) else ", LM head too")
            if r.lm_head_quantized else ""),
         f"  tokens evaluated        {r.tokens_evaluated}",

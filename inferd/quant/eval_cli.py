@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from inferd.engine_args import add_quant_lm_head_flag, lm_head_setting
+from inferd.quant.registry import GROUP_SIZES, METHODS
 
 
 def _percent(text: str) -> float:
@@ -16,8 +17,8 @@ def _percent(text: str) -> float:
 def add_quant_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("quant-eval", help="measure what a quantization costs in quality")
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--quantization", required=True, choices=["int8", "int4", "fp8"])
-    p.add_argument("--quant-group-size", type=int, default=64, choices=[32, 64, 128])
+    p.add_argument("--quantization", required=True, choices=METHODS)
+    p.add_argument("--quant-group-size", type=int, default=64, choices=GROUP_SIZES)
     p.add_argument("--quant-asymmetric", action="store_true")
     p.add_argument("--quant-skip", action="append", default=[], metavar="PATTERN")
     add_quant_lm_head_flag(p)

@@ -5,6 +5,7 @@ Pure tensor functions on CPU, no kernels and no modules: every format is a froze
 `nn.Linear`: shape [N, K] = [out_features, in_features]; groups run along K.
 
   INT8  w[n, k] = q[n, k] * scale[n, k // G]                    q int8 in [-127, 127]
+        w[n, k] = q[n, k] * scale[n, k // G] + min[n, k // G]   asymmetric (GGUF Q5_1, Q5_K)
   INT4  w[n, k] = (q[n, k] - 8) * scale[n, k // G]              symmetric, q in [0, 15]
         w[n, k] = q[n, k] * scale[n, k // G] + min[n, k // G]   asymmetric
   FP8   w[n, k] = float(q[n, k]) * scale[n]                     q float8_e4m3fn
@@ -22,11 +23,14 @@ FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
 @dataclass(frozen=True)
 class Int8Weight:
-    """INT8, symmetric; `group_size == K` means one scale per output channel."""
+    """INT8 group-wise; `group_size == K` means one scale per output channel. `min is None`
+    means symmetric (what `quantize_int8` makes); a min per group holds GGUF's 5-bit
+    asymmetric blocks exactly, which no symmetric int8 can (their min is not a code multiple)."""
 
     qweight: torch.Tensor  # int8 [N, K]
     scale: torch.Tensor  # float32 [N, K // group_size]
     group_size: int
+    min: torch.Tensor | None = None  # float32 [N, K // group_size], or None when symmetric
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -37,12 +41,19 @@ class Int8Weight:
         return self.group_size == self.qweight.shape[1]
 
     @property
+    def symmetric(self) -> bool:
+        return self.min is None
+
+    @property
     def nbytes(self) -> int:
-        return _nbytes(self.qweight, self.scale)
+        return _nbytes(self.qweight, self.scale, self.min)
 
     def dequantize(self) -> torch.Tensor:
         scale = self.scale.repeat_interleave(self.group_size, dim=1)
-        return self.qweight.to(torch.float32) * scale
+        w = self.qweight.to(torch.float32) * scale
+        if self.min is None:
+            return w
+        return w + self.min.repeat_interleave(self.group_size, dim=1)
 
 
 @dataclass(frozen=True)
@@ -187,18 +198,3 @@ def quantize_fp8(weight: torch.Tensor) -> Fp8Weight:
     scale = _safe_scale(w.abs().amax(dim=1, keepdim=True) / FP8_MAX)
     q = (w / scale).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return Fp8Weight(q, scale)
-
-
-def quantize(weight: torch.Tensor, method: str, *, group_size: int = 64,
-             symmetric: bool = True) -> QuantizedWeight:
-    """Dispatch on the method name used by `quantize_model` and the config."""
-    if method == "int8":
-        return quantize_int8(weight)
-    if method == "int4":
-        return quantize_int4(weight, group_size, symmetric)
-    if method == "fp8":
-        return quantize_fp8(weight)
-    raise ValueError(f"unknown quantization method {method!r}; choose one of {METHODS}")
-
-
-METHODS = ("int8", "int4", "fp8")

@@ -1,10 +1,14 @@
 """Keep a GGUF file's quantized blocks: swap the model's fused linears for inferd's INT4/INT8
-modules built losslessly from the file's Q4_0/Q4_1/Q4_K/Q8_0 blocks, instead of serving the
-dequantized float copy. Modules whose parts use another type (or differ) stay in float.
+modules built losslessly from the file's blocks (the types in `registry.GGUF_BLOCK_FORMATS`),
+instead of serving the dequantized float copy. Parts of one fused module in different formats
+are widened to one they all fit exactly (`fused_format.py`); a module whose type has no exact
+format, or whose kernel cannot take it here, keeps the loader's dequantized (bit-exact) float
+weight, said in one log line.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import torch
@@ -14,8 +18,12 @@ from inferd.model.arch import ArchConfig
 from inferd.model.gguf_reader import GGUFFile
 from inferd.quant.apply import QuantReport, _set_module, _tied_table
 from inferd.quant.formats import Int4Weight, Int8Weight
-from inferd.quant.gguf_blocks import SUPPORTED_GGUF_TYPES, from_gguf_blocks
-from inferd.quant.linear import Int8Linear, linear_from_quantized
+from inferd.quant.fused_format import concat_exact
+from inferd.quant.gguf_blocks import from_gguf_blocks
+from inferd.quant.linear import Int8Linear, QuantLinear, linear_from_quantized
+from inferd.quant.registry import SUPPORTED_GGUF_TYPES, gguf_block_format
+
+log = logging.getLogger(__name__)
 
 # Our fused module -> the GGUF tensors it concatenates (row-wise, in this order).
 _FUSED = {
@@ -33,23 +41,26 @@ def _unpermute_rows(t: torch.Tensor, n_head: int) -> torch.Tensor:
 
 def _row_permuted(w: Int8Weight | Int4Weight, n_head: int) -> Int8Weight | Int4Weight:
     """Apply llama.cpp's q/k row un-permutation to every per-row tensor of a quantized weight."""
+    low = None if w.min is None else _unpermute_rows(w.min, n_head)
     if isinstance(w, Int8Weight):
-        return replace(w, qweight=_unpermute_rows(w.qweight, n_head), scale=_unpermute_rows(w.scale, n_head))
-    return replace(w, packed=_unpermute_rows(w.packed, n_head), scale=_unpermute_rows(w.scale, n_head),
-                   min=None if w.min is None else _unpermute_rows(w.min, n_head))
+        return replace(w, qweight=_unpermute_rows(w.qweight, n_head), scale=_unpermute_rows(w.scale, n_head),
+                       min=low)
+    return replace(w, packed=_unpermute_rows(w.packed, n_head), scale=_unpermute_rows(w.scale, n_head), min=low)
 
 
-def _concat(parts: list[Int8Weight | Int4Weight]) -> Int8Weight | Int4Weight | None:
-    first = parts[0]
-    if any(type(p) is not type(first) or p.group_size != first.group_size for p in parts):
+def _module(weight: Int8Weight | Int4Weight, bias: torch.Tensor | None, device: torch.device,
+            name: str, report: QuantReport) -> QuantLinear | None:
+    """The quantized module, or None (recorded in the report) where no kernel here takes it."""
+    try:
+        return linear_from_quantized(weight, bias, device=device)
+    except ValueError as exc:
+        report.skipped[name] = f"no kernel here for its exact format ({exc})"
         return None
-    if isinstance(first, Int8Weight):
-        return Int8Weight(torch.cat([p.qweight for p in parts]), torch.cat([p.scale for p in parts]),
-                          first.group_size)
-    if any((p.min is None) != (first.min is None) for p in parts):
-        return None
-    return Int4Weight(torch.cat([p.packed for p in parts]), torch.cat([p.scale for p in parts]),
-                      None if first.min is None else torch.cat([p.min for p in parts]), first.group_size)
+
+
+def _log_kept(report: QuantReport) -> None:
+    for name, why in report.skipped.items():
+        log.info("inferd: %s keeps its dequantized float weight (bit-exact to the file): %s", name, why)
 
 
 def keep_gguf_blocks(model: torch.nn.Module, reader: GGUFFile, arch: ArchConfig,
@@ -60,6 +71,7 @@ def keep_gguf_blocks(model: torch.nn.Module, reader: GGUFFile, arch: ArchConfig,
     tensors = {t.name: t for t in reader.tensors}
     report = QuantReport("gguf")
     supported = {int(t) for t in SUPPORTED_GGUF_TYPES}
+    layouts: dict[str, set[str]] = {}  # GGUF type -> how it is held, for the log
     device = next(model.parameters()).device
     for i in range(arch.num_layers):
         for module_name, parts in _FUSED.items():
@@ -75,18 +87,27 @@ def keep_gguf_blocks(model: torch.nn.Module, reader: GGUFFile, arch: ArchConfig,
                 if arch.architecture in ("llama", "mistral") and part in ("attn_q", "attn_k"):
                     w = _row_permuted(w, arch.num_heads if part == "attn_q" else arch.num_kv_heads)
                 weights.append(w)
-            fused = _concat(weights)
+            fused = concat_exact(weights)
             if fused is None:
-                report.skipped[name] = "parts use different block formats"
+                report.skipped[name] = "parts use block formats no one exact format holds together"
                 continue
             old = model.get_submodule(name)
+            new = _module(fused, old.bias, device, name, report)
+            if new is None:
+                continue
+            for t in raw:
+                qtype = GGMLQuantizationType(t.ggml_type).name
+                layouts.setdefault(qtype, set()).add(gguf_block_format(t.ggml_type).layout)
             report.bytes_before += old.weight.numel() * old.weight.element_size()
-            new = linear_from_quantized(fused, old.bias, device=device)
             report.bytes_after += fused.nbytes
             _set_module(model, name, new)
             report.quantized.append(name)
     if head:
         _keep_head_blocks(model, tensors, arch, report, device)
+    if layouts:
+        log.info("inferd: GGUF blocks kept as %s",
+                 ", ".join(f"{k} -> {'/'.join(sorted(v))}" for k, v in sorted(layouts.items())))
+    _log_kept(report)
     return report
 
 
@@ -101,8 +122,10 @@ def _keep_head_blocks(model: torch.nn.Module, tensors: dict, arch: ArchConfig, r
         return
     weight = from_gguf_blocks(raw.data, raw.ggml_type, raw.shape)
     old = model.lm_head
+    new = _module(weight, None, device, "lm_head", report)
+    if new is None:
+        return
     report.bytes_before += old.weight.numel() * old.weight.element_size()
-    new = linear_from_quantized(weight, None, device=device)
     _set_module(model, "lm_head", new)
     report.quantized.append("lm_head")
     report.bytes_after += weight.nbytes

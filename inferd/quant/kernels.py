@@ -46,6 +46,9 @@ def pack_int4(codes: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor,
     n, k = codes.shape
     if device.type == "cpu" and tiles_apply(n, k) and fp16_holds(scale) and fp16_holds(minimum):
         return Int4Packed(pack_int4_tiles(codes), tile_scale_min(scale, minimum), True)
+    if k // scale.shape[1] < 32:
+        raise ValueError(f"int4 group {k // scale.shape[1]} runs on inferd's CPU tile kernel only, which "
+                         "cannot take this weight here (not built, or scales outside fp16's range)")
     pairs = int4_scale_zeros(scale, minimum + 8 * scale)  # tinygemm: w = (q - 8) * scale + zero
     if device.type == "cuda":
         return Int4Packed(pack_int4_cuda(codes), pairs, False)
@@ -83,10 +86,13 @@ def _tile_pairs_as_tinygemm(scale_min: torch.Tensor) -> torch.Tensor:
 
 def int4_shape_problem(n: int, k: int, group_size: int, device: torch.device) -> str | None:
     """Why the int4 kernel for `device` cannot take an [n, k] weight, or None when it can."""
-    if group_size not in (32, 64, 128, 256):
-        return f"the int4 kernels take group sizes 32, 64, 128 or 256, not {group_size}"
+    if group_size not in (16, 32, 64, 128, 256):
+        return f"the int4 kernels take group sizes 16, 32, 64, 128 or 256, not {group_size}"
     if k % group_size:
         return f"group_size {group_size} does not divide in_features {k}"
+    if group_size == 16 and not (device.type == "cpu" and tiles_apply(n, k)):
+        # GGUF Q2_K/Q3_K: torch's kernels (CPU and CUDA tinygemm) start at group 32.
+        return "group size 16 runs on inferd's CPU tile kernel only, which is not in use here"
     if device.type == "cuda":
         if n % 8 or k % 32:
             return f"CUDA tinygemm needs out_features % 8 == 0 and in_features % 32 == 0, got {n}x{k}"
@@ -217,16 +223,21 @@ def int4_dequantize_cpu(packed: torch.Tensor, n: int, k: int, group_size: int,
 
 # ---- int8 --------------------------------------------------------------------------------------
 # CPU: inferd's tile layout where its VNNI kernel is built (int8_tiles_mm: q + 128 as bytes
-# [N/16, K/4, 64], fp16 scales [N/16, K/group, 16], w = q * scale), else rows [N, K] with a
-# per-channel scale (int8_rows_mm, or torch's `_weight_int8pack_mm`).
+# [N/16, K/4, 64], fp16 scales [N/16, K/group, 16], w = q * scale; with a min per group, as GGUF's
+# Q5_1/Q5_K need, fp16 (scale, min) [N/16, K/group, 2, 16] like int4's, w = q * scale + min),
+# else rows [N, K] with a per-channel scale (int8_rows_mm, or torch's `_weight_int8pack_mm`).
 INT8_TILE_GROUPS = (128, 64, 32, 16)  # activation groups the tile kernel takes (int32-exact)
 
 
-def int8_tile_group(n: int, k: int, group_size: int, per_channel: bool, scale: torch.Tensor) -> int | None:
+def int8_tile_group(n: int, k: int, group_size: int, per_channel: bool, scale: torch.Tensor,
+                    minimum: torch.Tensor | None = None) -> int | None:
     """The group the int8 tile kernel runs an [n, k] weight with, or None where it cannot:
     the weight's own group, or for per-channel scales the largest group dividing k (the scale
-    is then repeated per group); scales must survive fp16 exactly enough (see `fp16_holds`)."""
+    is then repeated per group); scales (and mins) must survive fp16 exactly enough (see
+    `fp16_holds`)."""
     if n % 16 or k % 16 or not _native_int4_built() or not fp16_holds(scale):
+        return None
+    if minimum is not None and not fp16_holds(minimum):
         return None
     if per_channel:
         return next((g for g in INT8_TILE_GROUPS if k % g == 0), None)
@@ -235,19 +246,27 @@ def int8_tile_group(n: int, k: int, group_size: int, per_channel: bool, scale: t
 
 @dataclass(frozen=True)
 class Int8Tiles:
-    """An int8 weight in inferd's tile layout: w = q * scale per group of `group` inputs."""
+    """An int8 weight in inferd's tile layout: w = q * scale (+ min) per group of `group` inputs."""
 
     codes: torch.Tensor  # uint8 [N/16, K/4, 64]: byte 4i + j of a tile's k chunk is row i's q + 128 at k0 + j
-    scales: torch.Tensor  # fp16 [N/16, K // group, 16]
+    scales: torch.Tensor  # fp16 [N/16, K // group, 16], or with mins (scale, min) [N/16, K // group, 2, 16]
     group: int
 
+    @property
+    def has_min(self) -> bool:
+        return self.scales.dim() == 4
 
-def pack_int8_tiles(q: torch.Tensor, scale: torch.Tensor, group: int) -> Int8Tiles:
-    """int8 q [N, K] and float scale [N, K // group] -> the tile layout."""
+
+def pack_int8_tiles(q: torch.Tensor, scale: torch.Tensor, group: int,
+                    minimum: torch.Tensor | None = None) -> Int8Tiles:
+    """int8 q [N, K], float scale (and min) [N, K // group] -> the tile layout."""
     n, k = q.shape
     codes = (q.to(torch.int16) + 128).to(torch.uint8).reshape(n // 16, 16, k // 4, 4)
+    codes = codes.permute(0, 2, 1, 3).reshape(n // 16, k // 4, 64).contiguous()
+    if minimum is not None:
+        return Int8Tiles(codes, tile_scale_min(scale, minimum), group)
     scales = scale.to(torch.float16).reshape(n // 16, 16, k // group).transpose(1, 2)
-    return Int8Tiles(codes.permute(0, 2, 1, 3).reshape(n // 16, k // 4, 64).contiguous(), scales.contiguous(), group)
+    return Int8Tiles(codes, scales.contiguous(), group)
 
 
 def unpack_int8_tiles(codes: torch.Tensor) -> torch.Tensor:
@@ -258,8 +277,15 @@ def unpack_int8_tiles(codes: torch.Tensor) -> torch.Tensor:
 
 
 def int8_tile_scales(scales: torch.Tensor) -> torch.Tensor:
-    """The tiles' fp16 scales as float32 [N, G]."""
+    """The tiles' fp16 scales as float32 [N, G] (either scale layout)."""
+    if scales.dim() == 4:
+        scales = scales[:, :, 0]
     return scales.transpose(1, 2).reshape(-1, scales.shape[1]).float()
+
+
+def int8_tile_mins(scales: torch.Tensor) -> torch.Tensor | None:
+    """The tiles' fp16 mins as float32 [N, G], or None where the layout has none."""
+    return int8_tile_scales(scales[:, :, 1]) if scales.dim() == 4 else None
 
 
 def int8_tiles_mm(x: torch.Tensor, tiles: Int8Tiles) -> torch.Tensor:
@@ -274,7 +300,10 @@ def int8_tiles_rows(tiles: Int8Tiles, rows: torch.Tensor | None = None) -> torch
         return cpu_ops.ops().int8_tiles_rows(tiles.codes, tiles.group, tiles.scales, rows)
     q, scale = unpack_int8_tiles(tiles.codes).float(), int8_tile_scales(tiles.scales)
     n = q.shape[0]
-    return q.view(n, -1, tiles.group).mul_(scale.unsqueeze(-1)).view(n, -1)
+    w = q.view(n, -1, tiles.group).mul_(scale.unsqueeze(-1))
+    if (low := int8_tile_mins(tiles.scales)) is not None:
+        w = w.add_(low.unsqueeze(-1))
+    return w.view(n, -1)
 
 
 def int8_tiles_dequantize(tiles: Int8Tiles, dtype: torch.dtype) -> torch.Tensor:

@@ -144,6 +144,8 @@ class Int8Linear(_QuantLinear):
     `_weight_int8pack_mm` is a naive kernel, 5-50x slower than bf16), take the "two-plane"
     path: q = 16 hi + lo splits into two int4 planes run as one tinygemm call over [x, x], hi
     with scale 16 d and lo with scale d, zero 8 d. Exact up to bf16 rounding of d.
+    Asymmetric int8 (a min per group: GGUF Q5_1/Q5_K, fused parts widened to one format) runs
+    on the int8 tiles with (scale, min) pairs, else as two planes with the min on the low one.
     """
 
     def __init__(self, weight: Int8Weight, bias: torch.Tensor | None = None, *,
@@ -152,17 +154,21 @@ class Int8Linear(_QuantLinear):
         super().__init__(weight.shape, bias, device,
                          compute_dtype or default_compute_dtype(device, torch.float32))
         self.group_size = weight.group_size
+        self.symmetric = weight.symmetric
         n, k = weight.shape
-        self.tile_group = kernels.int8_tile_group(n, k, weight.group_size, weight.per_channel, weight.scale) \
+        self.tile_group = kernels.int8_tile_group(n, k, weight.group_size, weight.per_channel, weight.scale,
+                                                  weight.min) \
             if device.type == "cpu" and self.compute_dtype == torch.bfloat16 else None
         if self.tile_group is not None:
             self.two_plane = False
-            scale = weight.scale.repeat_interleave(k // self.tile_group // weight.scale.shape[1], dim=1)
-            tiles = kernels.pack_int8_tiles(weight.qweight, scale, self.tile_group)
+            repeat = k // self.tile_group // weight.scale.shape[1]
+            scale = weight.scale.repeat_interleave(repeat, dim=1)
+            low = None if weight.min is None else weight.min.repeat_interleave(repeat, dim=1)
+            tiles = kernels.pack_int8_tiles(weight.qweight, scale, self.tile_group, low)
             self.register_buffer("qweight", tiles.codes.to(device))
             self.register_buffer("scale", tiles.scales.to(device))
             return
-        self.two_plane = device.type == "cuda" or not weight.per_channel
+        self.two_plane = device.type == "cuda" or not weight.per_channel or not weight.symmetric
         if not self.two_plane:
             self.register_buffer("qweight", weight.qweight.to(device))
             self.register_buffer("scale", weight.scale[:, 0].to(device, self.compute_dtype))
@@ -176,11 +182,15 @@ class Int8Linear(_QuantLinear):
         if problem := kernels.int4_shape_problem(n, k, plane_group, device):
             raise ValueError(f"int8 here runs on the int4 kernel, which refuses: {problem}")
         self.plane_group = plane_group
-        d = weight.scale.repeat_interleave(k // plane_group // weight.scale.shape[1], dim=1)
+        repeat = k // plane_group // weight.scale.shape[1]
+        d = weight.scale.repeat_interleave(repeat, dim=1)
         q = weight.qweight.to(torch.int16)
         codes = torch.cat([(q >> 4) + 8, q & 0x0F], dim=1)  # arithmetic shift: hi in [-8, 7]
         scale = torch.cat([16 * d, d], dim=1)
-        minimum = torch.cat([-128 * d, torch.zeros_like(d)], dim=1)  # (c - 8) 16 d and c d
+        # (c - 8) 16 d and c d, plus the weight's own min (if any) on the low plane: each plane's
+        # min then stays a value the weight holds (-128 d exactly), never a rounded sum.
+        low_min = torch.zeros_like(d) if weight.min is None else weight.min.repeat_interleave(repeat, dim=1)
+        minimum = torch.cat([-128 * d, low_min], dim=1)
         packed = kernels.pack_int4(codes, scale, minimum, device)
         self.register_buffer("qweight", packed.qweight)
         self.register_buffer("scale_zeros", packed.scale_zeros)
@@ -246,7 +256,7 @@ class Int8Linear(_QuantLinear):
     def extra_repr(self) -> str:
         groups = "per_channel" if self.group_size == self.in_features else f"group_size={self.group_size}"
         kernel = "int8_tiles" if self.tile_group is not None else "int4x2_tinygemm" if self.two_plane else "int8pack"
-        return f"{self._repr_base()}, {groups}, kernel={kernel}"
+        return f"{self._repr_base()}, {groups}, symmetric={self.symmetric}, kernel={kernel}"
 
 
 class Int4Linear(_QuantLinear):

@@ -20,9 +20,10 @@ from inferd.engine.sampler import filter_logits, make_generator
 from inferd.engine.scheduler import ScheduledSeq, SchedulerOutput
 from inferd.engine.sequence import Sequence
 from inferd.model.loader import LoadedModel, load_model
+from inferd.quant.registry import LOAD_METHODS
 from inferd.spec.adaptive import StepCostModel
 
-QUANT_SUFFIXES = ("int8", "int4", "fp8", "gguf")
+QUANT_SUFFIXES = LOAD_METHODS  # `--draft-model name:int4`: a --quantization method
 
 
 class IncompatibleDraftModel(ValueError):

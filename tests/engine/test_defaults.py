@@ -132,10 +132,11 @@ def test_cuda_keeps_bf16_without_quantization(ckpt):
 def test_describe_gguf_reads_layer_and_head_types():
     assert SMOLLM2.gguf and SMOLLM2.has_blocks and SMOLLM2.float_dtype == torch.float16
     assert SMOLLM2.blocks_text() == "Q4_1 layers, Q8_0 head"
-    mixed = describe_gguf(fake_gguf({"layers": Q.Q4_K, "ffn_down": Q.Q6_K, "output.weight": Q.Q6_K,
+    # Q6_K is kept exactly (Q4_K_M's mix); IQ4_XS has no exact format and stays in float.
+    mixed = describe_gguf(fake_gguf({"layers": Q.Q4_K, "ffn_down": Q.Q6_K, "output.weight": Q.IQ4_XS,
                                      "token_embd.weight": Q.Q4_K}), False, "m")
-    assert mixed.head_type == "Q6_K"  # the untied head, not the embedding
-    assert mixed.blocks_text() == "Q4_K/Q6_K layers, Q6_K head; Q6_K in bfloat16"
+    assert mixed.head_type == "IQ4_XS"  # the untied head, not the embedding
+    assert mixed.blocks_text() == "Q4_K/Q6_K layers, IQ4_XS head; IQ4_XS in bfloat16"
     floats = describe_gguf(fake_gguf({"layers": Q.F32, "token_embd.weight": Q.F32}), True, "f")
     assert not floats.has_blocks and floats.float_dtype == torch.float32
     assert settings(choose_defaults(AUTO, floats, AVX2)) == ("float32", "none", False)

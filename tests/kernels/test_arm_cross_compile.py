@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from inferd.kernels import cpu_isa
+from inferd.kernels import cpu_isa, native_kinds
 
 ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "inferd" / "kernels" / "csrc"
@@ -84,6 +84,7 @@ def test_kernels_compile_for_arm64(level_name, tmp_path):
     cxx = _compiler()
     level = LEVELS[level_name]
     flags = (["-std=c++20", "-fsyntax-only", "-fopenmp", "-ffp-contract=off", "-w"] + _march(level)
+             + native_kinds.compile_defines()
              + [f"-DINFERD_OPS_NS=inferd_cpu_{level.name}", "-DTORCH_API_INCLUDE_EXTENSION_H",
                 f"-I{CSRC}"]
              + _torch_includes())
@@ -102,8 +103,8 @@ def test_kernels_compile_for_arm64(level_name, tmp_path):
 
 
 def test_neon_kernels_match_scalar_reference_under_qemu(tmp_path):
-    """arm_harness: NEON quantize_rows and int4/int8 tile_range bitwise equal to tiles_scalar.h
-    (rows 1..9, groups 32..256, NaN/inf/zero/subnormal groups), exp4 bitwise exp16's formula,
+    """arm_harness: NEON quantize_rows and int4/int8 (and int8 with mins) tile_range bitwise
+    equal to tiles_scalar.h (rows 1..9, groups 16..256, NaN/inf/zero/subnormal groups), exp4 bitwise exp16's formula,
     NEON attention within rounding of the scalar one. Runs under qemu-aarch64, or natively on an
     ARM64 CPU with dot products."""
     cxx = _compiler()

@@ -134,3 +134,29 @@ def test_the_team_switch_reads_the_environment(monkeypatch):
     monkeypatch.setenv("INFERD_DECODE_TEAM", "fast")
     with pytest.raises(ValueError, match="INFERD_DECODE_TEAM"):
         native_stack._team_rows()
+
+
+def test_team_runs_int8_tiles_with_mins_bitwise(tiny_llama, kernel_level):
+    """Asymmetric int8 (GGUF Q5_1/Q5_K, and fused parts widened to one format) in the int8 tiles
+    with (scale, min) pairs: the team reads the mins as the op does."""
+    from inferd.quant.formats import Int8Weight
+    from inferd.quant.linear import Int8Linear
+
+    llm = _llm(tiny_llama, "int8")
+    model = llm.engine.runner.model
+    needs_fast_tiles(kernel_level)  # the int8 tiles run only where the level has vector tile kernels
+    layer = model.model.layers[0]
+    g = torch.Generator().manual_seed(3)
+    for owner, name in ((layer.self_attn, "o_proj"), (layer.mlp, "down_proj")):
+        n, k = getattr(owner, name).out_features, getattr(owner, name).in_features
+        q = torch.randint(0, 32, (n, k), generator=g, dtype=torch.int8)
+        d = (torch.rand(n, k // 16, generator=g) * 0.01 + 1e-3).half().float()
+        m = -(torch.rand(n, k // 16, generator=g) * 0.1 + 0.01).half().float()
+        setattr(owner, name, Int8Linear(Int8Weight(q, d, 16, m)))
+    stack = NativeStack.build(model, BF16)
+    assert stack is not None and layer.mlp.down_proj.tiles.has_min
+    args = _inputs(llm, 5, [9, 40, 17], False)
+    assert stack.uses_team(args[0])
+    per_op = _stack_call(stack, *args, window=0, team_rows=0)
+    team = _stack_call(stack, *args, window=0, team_rows=8)
+    assert torch.equal(team[0], per_op[0]) and torch.equal(team[1], per_op[1])

@@ -51,14 +51,21 @@ def test_tiles_are_bitwise_the_scalar_reference(reference, level, rows, group):
     int8 = kernels.pack_int8_tiles(q, scale, group)
     assert torch.equal(ops.int8_tiles_mm(x, int8.codes, group, int8.scales),
                        reference.int8_tiles_mm(x, int8.codes, group, int8.scales))
-    if group >= 32:
-        codes = torch.randint(0, 16, (n, k), generator=g, dtype=torch.uint8)
-        sm = kernels.tile_scale_min(torch.rand(n, k // group, generator=g) * 0.01 + 1e-3,
-                                    -torch.rand(n, k // group, generator=g) * 0.05)
-        packed = kernels.pack_int4_tiles(codes)
-        assert torch.equal(ops.int4_mm(x, packed, group, sm), reference.int4_mm(x, packed, group, sm))
-        assert torch.equal(ops.int4_tiles_dequantize(packed, group, sm),
-                           reference.int4_tiles_dequantize(packed, group, sm))
+    # int8 with a min per group (GGUF Q5_1/Q5_K): the scales come as (scale, min) pairs.
+    minimum = -torch.rand(n, k // group, generator=g) * 0.05
+    asym = kernels.pack_int8_tiles(q, scale, group, minimum)
+    assert torch.equal(ops.int8_tiles_mm(x, asym.codes, group, asym.scales),
+                       reference.int8_tiles_mm(x, asym.codes, group, asym.scales))
+    assert torch.equal(ops.int8_tiles_dequantize(asym.codes, group, asym.scales),
+                       reference.int8_tiles_dequantize(asym.codes, group, asym.scales))
+    # int4 at group 16 too: GGUF Q2_K/Q3_K run there.
+    codes = torch.randint(0, 16, (n, k), generator=g, dtype=torch.uint8)
+    sm = kernels.tile_scale_min(torch.rand(n, k // group, generator=g) * 0.01 + 1e-3,
+                                -torch.rand(n, k // group, generator=g) * 0.05)
+    packed = kernels.pack_int4_tiles(codes)
+    assert torch.equal(ops.int4_mm(x, packed, group, sm), reference.int4_mm(x, packed, group, sm))
+    assert torch.equal(ops.int4_tiles_dequantize(packed, group, sm),
+                       reference.int4_tiles_dequantize(packed, group, sm))
     assert torch.equal(ops.int8_tiles_dequantize(int8.codes, group, int8.scales),
                        reference.int8_tiles_dequantize(int8.codes, group, int8.scales))
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from inferd.kernels import cpu_ops
+from inferd.kernels.native_kinds import LinearKind
 from inferd.quant import kernels
 from inferd.quant.formats import quantize_int8
 from inferd.quant.linear import Fp8Linear, Int4Linear, Int8Linear
@@ -245,3 +246,36 @@ def test_int8_tiles_row_lookup_refuses_ids_out_of_range():
     tiles = kernels.pack_int8_tiles(torch.zeros(64, 128, dtype=torch.int8), torch.ones(64, 4), 32)
     with pytest.raises(RuntimeError, match="out of range"):
         kernels.int8_tiles_rows(tiles, torch.tensor([3, 64]))
+
+
+def _asymmetric_int8(n: int, k: int, group: int, seed: int = 0):
+    """An asymmetric int8 weight like GGUF Q5_K's: codes in [0, 31], fp16 scales and mins."""
+    from inferd.quant.formats import Int8Weight
+
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 32, (n, k), generator=g, dtype=torch.int8)
+    d = (torch.rand(n, k // group, generator=g) * 0.01 + 1e-3).half().float()
+    m = -(torch.rand(n, k // group, generator=g) * 0.1 + 0.01).half().float()
+    return Int8Weight(q, d, group, m)
+
+
+@pytest.mark.parametrize("n,k,group", [(960, 576, 32), (80, 128, 16), (48, 256, 128)])
+@pytest.mark.parametrize("rows", [1, 3, 8, 13])
+def test_int8_tiles_with_mins_match_float64_of_the_weight(n, k, group, rows):
+    """Asymmetric int8 (GGUF Q5_1/Q5_K) runs on the int8 tiles with (scale, min) pairs: the
+    tiles hold codes, scales and mins bit for bit, and every path reads them alike."""
+    _vnni(n, k)
+    w = _asymmetric_int8(n, k, group, seed=rows)
+    layer = Int8Linear(w)
+    assert layer.tiles is not None and layer.tiles.has_min and layer.tile_group == group
+    assert layer.native_spec().kind == LinearKind.INT8_TILES
+    assert torch.equal(kernels.int8_tiles_rows(layer.tiles), w.dequantize())  # fp16 values: exact
+    x = _x(rows, k, seed=rows)
+    y = layer(x)
+    assert _rel_err(y, x.double() @ w.dequantize().double().T) < 8e-3
+    rows_ids = torch.tensor([0, n - 1, 17 % n])
+    assert torch.equal(kernels.int8_tiles_rows(layer.tiles, rows_ids), w.dequantize()[rows_ids])
+    assert torch.equal(cpu_ops.ops().int8_tiles_dequantize(layer.qweight, group, layer.scale),
+                       w.dequantize().to(torch.bfloat16))
+    for i in range(rows):  # rows independent of the batch
+        assert torch.equal(layer(x[i:i + 1]), y[i:i + 1])

@@ -24,6 +24,11 @@ def magnitude(weight: QuantizedWeight) -> torch.Tensor:
         scale, zero = (t.double().repeat_interleave(weight.group_size, 1)
                        for t in weight.kernel_scale_and_zero())
         return ((weight.unpacked().double() - 8) * scale).abs() + zero.abs()
+    if isinstance(weight, Int8Weight) and not weight.symmetric:
+        # Two planes: hi * 16 d - 128 d and lo * d + m, each term rounded on its own.
+        d = weight.scale.double().abs().repeat_interleave(weight.group_size, 1)
+        m = weight.min.double().abs().repeat_interleave(weight.group_size, 1)
+        return (weight.qweight.double().abs() + 158) * d + m
     if isinstance(weight, Int8Weight) and not weight.per_channel:
         d = weight.scale.double().abs().repeat_interleave(weight.group_size, 1)
         return w.abs() + 30 * d

@@ -12,7 +12,7 @@ import torch
 import transformers
 
 from inferd.quant.eval import evaluate
-from inferd.quant.formats import quantize
+from inferd.quant.registry import quantize
 
 CORPUS = ("The harbour was quiet in the evening. Boats rested at the quay and the gulls argued "
           "over scraps. " * 12)

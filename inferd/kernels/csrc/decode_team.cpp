@@ -85,6 +85,7 @@ struct Linear {
   const uint8_t* codes = nullptr;
   const void* scale = nullptr;
   bool scale_bf16 = false;
+  bool with_min = false;  // int8 tiles: (scale, min) pairs
   const BFloat16* bias = nullptr;
 };
 
@@ -147,10 +148,11 @@ Linear describe(int64_t kind, int64_t group, const Tensor& a, const Tensor& b, c
                 "decode_team: int4 tiles do not match a [", out, ", ", in, "] linear");
   } else if (kind == INT8_TILES) {
     lin.k = in;
+    lin.with_min = b.dim() == 4 && b.size(2) == 2;
     TORCH_CHECK(group > 0 && group % 16 == 0 && group <= 128 && in % group == 0 && out % 16 == 0 &&
-                    b.dim() == 3 && b.scalar_type() == at::kHalf && b.size(0) == out / 16 &&
-                    b.size(1) == in / group && a.dim() == 3 && a.size(0) == out / 16 && a.size(1) == in / 4 &&
-                    a.size(2) == 64,
+                    (b.dim() == 3 || lin.with_min) && b.size(-1) == 16 && b.scalar_type() == at::kHalf &&
+                    b.size(0) == out / 16 && b.size(1) == in / group && a.dim() == 3 && a.size(0) == out / 16 &&
+                    a.size(1) == in / 4 && a.size(2) == 64,
                 "decode_team: int8 tiles do not match a [", out, ", ", in, "] linear");
   } else {
     lin.k = in;
@@ -202,7 +204,7 @@ void linear_share(const Linear& lin, const BFloat16* x, int64_t rows, int64_t in
     const int64_t n0 = u0 * 16, n1 = std::min(lin.n, u1 * 16);
     if (lin.kind == INT8_TILES) {
       inferd_quant::int8_tile_range(s.quantized, rows, lin.codes, static_cast<const c10::Half*>(lin.scale), lin.k,
-                                    lin.group, u0, u1, y, lin.n);
+                                    lin.group, u0, u1, y, lin.n, lin.with_min);
     } else if (tiles) {
       inferd_quant::int4_tile_range(s.quantized, rows, lin.codes, static_cast<const c10::Half*>(lin.scale), lin.k,
                                     lin.group, u0, u1, y, lin.n);
@@ -335,7 +337,9 @@ struct TeamExecutor {
 bool serves(const Tensor& x, at::IntArrayRef layout, int64_t max_rows) {
   if (x.scalar_type() != at::kBFloat16 || x.size(0) > std::min<int64_t>(max_rows, TEAM_MAX_ROWS)) return false;
   for (size_t i = 0; i < layout.size(); i += 2)
-    if (layout[i] < INT4 || layout[i] > INT8_TILES) return false;  // oneDNN's GEMMs bring their own threads
+    if (layout[i] != INT4 && layout[i] != INT8 && layout[i] != FP8 && layout[i] != INT8_PLANES &&
+        layout[i] != INT8_TILES)
+      return false;  // PACKED: oneDNN's GEMMs bring their own threads
   return true;
 }
 

@@ -10,7 +10,16 @@
 namespace inferd_team {
 
 constexpr int64_t PER_LAYER = 14;  // tensors per layer in decoder_stack's `weights`
-enum Kind : int64_t { PACKED = 0, INT4 = 1, INT8 = 2, FP8 = 3, INT8_PLANES = 4, INT8_TILES = 5 };
+// The linear kinds are defined once, in inferd/kernels/native_kinds.py; cpu_ops.py passes them
+// as -DINFERD_KIND_<NAME>=<id> (list every new one in INFERD_LINEAR_KINDS below too).
+#define INFERD_LINEAR_KINDS(X) X(PACKED) X(INT4) X(INT8) X(FP8) X(INT8_PLANES) X(INT8_TILES)
+#if !defined(INFERD_KIND_PACKED) || !defined(INFERD_KIND_INT4) || !defined(INFERD_KIND_INT8) || \
+    !defined(INFERD_KIND_FP8) || !defined(INFERD_KIND_INT8_PLANES) || !defined(INFERD_KIND_INT8_TILES)
+#error "linear kinds missing: build with inferd/kernels/native_kinds.py's compile_defines()"
+#endif
+#define INFERD_KIND_ENUM(name) name = INFERD_KIND_##name,
+enum Kind : int64_t { INFERD_LINEAR_KINDS(INFERD_KIND_ENUM) };
+#undef INFERD_KIND_ENUM
 constexpr int64_t TEAM_MAX_ROWS = 8;  // more rows than this are matmul-bound: the per-op path
 
 // Whether the team runs this step: bf16 rows, at most min(max_rows, TEAM_MAX_ROWS) of them,

@@ -7,11 +7,12 @@
 // weight reads. inferd/kernels/native_stack.py builds the arguments and decides when it applies.
 //
 // weights: per layer [input_norm, post_norm, then (a, b, bias) for qkv, o, gate_up, down], then
-// the final norm. layout: per layer (kind, group) for qkv, o, gate_up, down. Kinds:
-//   0 oneDNN-packed float weight a (mkldnn::_linear_pointwise, bias fused)
-//   1 int4 tiles a with scale_zeros b (int4_mm)      2 int8 rows a, scale b (int8_rows_mm)
-//   3 fp8 rows a, scale b (fp8_rows_mm)              4 int8 as two int4 planes (int4_mm on [x, x])
-//   5 int8 tiles a with scales b (int8_tiles_mm)
+// the final norm. layout: per layer (kind, group) for qkv, o, gate_up, down. Kinds (their ids
+// come from inferd/kernels/native_kinds.py, see decode_team.h):
+//   PACKED oneDNN-packed float weight a (mkldnn::_linear_pointwise, bias fused)
+//   INT4 int4 tiles a with scale_zeros b (int4_mm)   INT8 int8 rows a, scale b (int8_rows_mm)
+//   FP8 fp8 rows a, scale b (fp8_rows_mm)            INT8_PLANES int8 as two int4 planes (int4_mm on [x, x])
+//   INT8_TILES int8 tiles a with scales b (int8_tiles_mm)
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -20,6 +21,7 @@
 #include "ops_namespace.h"
 
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "decode_team.h"
@@ -181,6 +183,15 @@ INFERD_FRAGMENT(m) {
   m.def("decoder_stack(Tensor(b!) x, Tensor?[] weights, int[] layout, float eps, float scale, int num_heads, "
         "int head_dim, int sliding_window, Tensor cos, Tensor sin_signed, Tensor(a!)[] kv_caches, Tensor slots, "
         "Tensor block_tables, Tensor seq_lens, int max_team_rows=8) -> Tensor");
+  // The kind ids this library was compiled with, "PACKED=0,INT4=1,...": a test holds them to
+  // native_kinds.py's table.
+  m.def("linear_kinds() -> str", []() {
+    std::string out;
+#define INFERD_KIND_TEXT(name) out += std::string(out.empty() ? "" : ",") + #name "=" + std::to_string(int64_t{inferd_team::name});
+    INFERD_LINEAR_KINDS(INFERD_KIND_TEXT)
+#undef INFERD_KIND_TEXT
+    return out;
+  });
   m.def("decode_team_serves(Tensor x, int[] layout, int max_team_rows) -> bool",
         [](const Tensor& x, c10::List<int64_t> layout, int64_t max_rows) {
           const std::vector<int64_t> v(layout.begin(), layout.end());

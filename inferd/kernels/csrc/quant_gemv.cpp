@@ -6,7 +6,8 @@
 //   int4_mm       inferd's int4 tile layout ([N/16, K/8, 64] bytes, see quant_kernels.h),
 //                 fp16 (scale, min) [N/16, K/group, 2, 16]: w = q s + m
 //   int8_tiles_mm inferd's int8 tile layout ([N/16, K/4, 64] bytes of q + 128), fp16 scales
-//                 [N/16, K/group, 16]: w = q s
+//                 [N/16, K/group, 16]: w = q s; or (scale, min) [N/16, K/group, 2, 16]: w = q s + m
+//                 (GGUF's asymmetric Q5_1/Q5_K, and fused parts widened to one format)
 // Decode is memory-bound: each weight byte is read once per call and widened in registers.
 // Rows are computed independently in a fixed order, so results do not depend on how many rows
 // share the call. Registered next to cpu_ops.cpp's kernels as torch.ops.inferd_cpu_<level>.*.
@@ -84,7 +85,7 @@ Tensor fp8_rows_mm(const Tensor& x, const Tensor& w, const Tensor& scale) {
 // x @ W.T for a weight in either tile layout (checked by the caller), as bf16 [M, tiles * 16].
 // Each thread takes one contiguous run of tiles (an even split: whole 4-tile units left one
 // thread with a quarter more work on 576-row weights).
-template <bool INT4>
+template <bool INT4, bool MIN = INT4>
 Tensor tiles_mm(const Tensor& x, const Tensor& codes, int64_t group, const Tensor& scales, int64_t tiles, int64_t k,
                 const char* op) {
   const int64_t rows = x.size(0), n = tiles * 16;
@@ -95,7 +96,7 @@ Tensor tiles_mm(const Tensor& x, const Tensor& codes, int64_t group, const Tenso
   const c10::Half* sp = scales.const_data_ptr<c10::Half>();
   BFloat16* yp = y.mutable_data_ptr<BFloat16>();
   at::parallel_for(0, tiles, UNIT_TILES, [&](int64_t begin, int64_t end) {
-    tile_range<INT4>(q, rows, cp, sp, k, group, begin, end, yp, n);
+    tile_range<INT4, MIN>(q, rows, cp, sp, k, group, begin, end, yp, n);
   });
   return y;
 }
@@ -115,19 +116,28 @@ Tensor int4_mm(const Tensor& x, const Tensor& codes, int64_t group, const Tensor
   return tiles_mm<true>(x, codes, group, scale_zeros, tiles, k, "int4_mm");
 }
 
-// x [M, K] bf16; codes [N/16, K/4, 64] (q + 128) and scales [N/16, K/group, 16] fp16 in the
-// int8 tile layout (quant_kernels.h). Returns x @ W.T as bf16 [M, N], rows independent of M.
-Tensor int8_tiles_mm(const Tensor& x, const Tensor& codes, int64_t group, const Tensor& scales) {
-  TORCH_CHECK(scales.dim() == 3 && scales.size(2) == 16 && scales.is_contiguous() &&
+// Whether int8 tile scales are (scale, min) pairs [N/16, G, 2, 16], or plain scales [N/16, G, 16].
+bool int8_scales_have_min(const Tensor& scales, const char* op) {
+  const bool pairs = scales.dim() == 4 && scales.size(2) == 2 && scales.size(3) == 16;
+  TORCH_CHECK((pairs || (scales.dim() == 3 && scales.size(2) == 16)) && scales.is_contiguous() &&
                   scales.scalar_type() == at::kHalf,
-              "int8_tiles_mm: scales must be contiguous fp16 [N/16, K/group, 16]");
+              op, ": scales must be contiguous fp16 [N/16, K/group, 16] or (scale, min) [N/16, K/group, 2, 16]");
+  return pairs;
+}
+
+// x [M, K] bf16; codes [N/16, K/4, 64] (q + 128) and scales [N/16, K/group, 16] fp16 (or with
+// mins, [N/16, K/group, 2, 16]) in the int8 tile layout (quant_kernels.h). Returns x @ W.T as
+// bf16 [M, N], rows independent of M.
+Tensor int8_tiles_mm(const Tensor& x, const Tensor& codes, int64_t group, const Tensor& scales) {
+  const bool with_min = int8_scales_have_min(scales, "int8_tiles_mm");
   TORCH_CHECK(group > 0 && group % 16 == 0 && group <= 128, "int8_tiles_mm: group must be 16..128, a multiple of 16");
   const int64_t tiles = scales.size(0), n = tiles * 16, k = scales.size(1) * group;
   check_x(x, k, "int8_tiles_mm");
   TORCH_CHECK(codes.dim() == 3 && codes.size(0) == tiles && codes.size(1) == k / 4 && codes.size(2) == 64 &&
                   codes.is_contiguous() && codes.element_size() == 1,
               "int8_tiles_mm: codes must be the [N/16, K/4, 64] tile layout of the same weight");
-  return tiles_mm<false>(x, codes, group, scales, tiles, k, "int8_tiles_mm");
+  if (with_min) return tiles_mm<false, true>(x, codes, group, scales, tiles, k, "int8_tiles_mm");
+  return tiles_mm<false, false>(x, codes, group, scales, tiles, k, "int8_tiles_mm");
 }
 
 // ---------------------------------------------------------------- tiles back to bf16 rows
@@ -180,9 +190,9 @@ inline void store_rows(const __m512i (&r)[4], BFloat16* out, int64_t k, int64_t 
 #endif
 
 // Either tile layout -> bf16 [N, K] in plain loops (the compiler vectorises the inner one):
-// w = q * s (int8, q = byte - 128) or q * s + m (int4), in float32, rounded once to bf16 —
-// the vector path's formula, so the result is the same bit for bit.
-template <bool INT4>
+// w = q * s (int8, q = byte - 128) or q * s + m (int4, and int8 with mins), in float32, rounded
+// once to bf16 — the vector path's formula, so the result is the same bit for bit.
+template <bool INT4, bool MIN = INT4>
 void dequantize_tiles(const Tensor& codes, int64_t group, const Tensor& scales, Tensor& out) {
   constexpr int64_t KC = INT4 ? 8 : 4;
   const int64_t tiles = codes.size(0), chunks = codes.size(1), k = chunks * KC, groups = k / group;
@@ -195,9 +205,12 @@ void dequantize_tiles(const Tensor& codes, int64_t group, const Tensor& scales, 
         BFloat16* row = op + (t * 16 + i) * k;
         for (int64_t kk = 0; kk < k; ++kk) {
           const uint8_t byte = cp[(t * chunks + kk / KC) * 64 + 4 * i + kk % 4];
-          const c10::Half* sg = sp + (t * groups + kk / group) * scale_halves<INT4>();
+          const c10::Half* sg = sp + (t * groups + kk / group) * scale_halves<MIN>();
           if constexpr (INT4) {
             const float q = static_cast<float>((byte >> (kk % 8 < 4 ? 0 : 4)) & 0x0f);
+            row[kk] = static_cast<BFloat16>(q * static_cast<float>(sg[i]) + static_cast<float>(sg[16 + i]));
+          } else if constexpr (MIN) {
+            const float q = static_cast<float>(byte) - 128.f;
             row[kk] = static_cast<BFloat16>(q * static_cast<float>(sg[i]) + static_cast<float>(sg[16 + i]));
           } else {
             row[kk] = static_cast<BFloat16>((static_cast<float>(byte) - 128.f) * static_cast<float>(sg[i]));
@@ -207,14 +220,18 @@ void dequantize_tiles(const Tensor& codes, int64_t group, const Tensor& scales, 
   });
 }
 
-// int8 tiles -> bf16 [N, K]: w = q * scale.
+// int8 tiles -> bf16 [N, K]: w = q * scale (+ min, with mins).
 Tensor int8_tiles_dequantize(const Tensor& codes, int64_t group, const Tensor& scales) {
-  TORCH_CHECK(codes.dim() == 3 && codes.size(2) == 64 && codes.is_contiguous() && scales.dim() == 3 &&
-                  scales.scalar_type() == at::kHalf && scales.is_contiguous() && scales.size(0) == codes.size(0) &&
+  const bool with_min = int8_scales_have_min(scales, "int8_tiles_dequantize");
+  TORCH_CHECK(codes.dim() == 3 && codes.size(2) == 64 && codes.is_contiguous() && scales.size(0) == codes.size(0) &&
                   group % 16 == 0 && scales.size(1) * group == codes.size(1) * 4,
-              "int8_tiles_dequantize: codes [N/16, K/4, 64] and fp16 scales [N/16, K/group, 16] expected");
+              "int8_tiles_dequantize: codes [N/16, K/4, 64] and fp16 scales [N/16, K/group, (2,) 16] expected");
   const int64_t tiles = codes.size(0), k = codes.size(1) * 4, groups = scales.size(1);
   Tensor out = at::empty({tiles * 16, k}, codes.options().dtype(at::kBFloat16));
+  if (with_min) {  // GGUF's asymmetric types: the plain loops (prefill only, where a GEMM follows)
+    dequantize_tiles<false, true>(codes, group, scales, out);
+    return out;
+  }
 #if defined(INFERD_DEQUANT_AVX512)
   const uint8_t* cp = static_cast<const uint8_t*>(codes.const_data_ptr());
   const c10::Half* sp = scales.const_data_ptr<c10::Half>();
@@ -237,18 +254,19 @@ Tensor int8_tiles_dequantize(const Tensor& codes, int64_t group, const Tensor& s
     }
   });
 #else
-  dequantize_tiles<false>(codes, group, scales, out);
+  dequantize_tiles<false, false>(codes, group, scales, out);
 #endif
   return out;
 }
 
-// Rows `ids` of an int8 tile weight as float32 [R, K], w = q * scale: a tied embedding's
+// Rows `ids` of an int8 tile weight as float32 [R, K], w = q * scale (+ min): a tied embedding's
 // lookup, one row or a few per decode step (a dozen torch ops took ~50 us for one row).
 Tensor int8_tiles_rows(const Tensor& codes, int64_t group, const Tensor& scales, const Tensor& ids) {
-  TORCH_CHECK(codes.dim() == 3 && codes.size(2) == 64 && codes.is_contiguous() && scales.dim() == 3 &&
-                  scales.scalar_type() == at::kHalf && scales.is_contiguous() && scales.size(0) == codes.size(0) &&
+  const bool with_min = int8_scales_have_min(scales, "int8_tiles_rows");
+  const int64_t halves = with_min ? 32 : 16;
+  TORCH_CHECK(codes.dim() == 3 && codes.size(2) == 64 && codes.is_contiguous() && scales.size(0) == codes.size(0) &&
                   group > 0 && scales.size(1) * group == codes.size(1) * 4,
-              "int8_tiles_rows: codes [N/16, K/4, 64] and fp16 scales [N/16, K/group, 16] expected");
+              "int8_tiles_rows: codes [N/16, K/4, 64] and fp16 scales [N/16, K/group, (2,) 16] expected");
   TORCH_CHECK(ids.scalar_type() == at::kLong && ids.dim() == 1, "int8_tiles_rows: ids must be int64 [R]");
   const Tensor idx = ids.contiguous();
   const int64_t rows = idx.size(0), n = codes.size(0) * 16, chunks = codes.size(1), k = chunks * 4;
@@ -264,7 +282,9 @@ Tensor int8_tiles_rows(const Tensor& codes, int64_t group, const Tensor& scales,
     const int64_t t = ip[r] / 16, i = ip[r] % 16;
     for (int64_t kk = 0; kk < k; ++kk) {
       const int q = static_cast<int>(cp[(t * chunks + kk / 4) * 64 + 4 * i + kk % 4]) - 128;
-      op[r * k + kk] = static_cast<float>(q) * static_cast<float>(sp[(t * groups + kk / group) * 16 + i]);
+      const c10::Half* sg = sp + (t * groups + kk / group) * halves;
+      const float w = static_cast<float>(q) * static_cast<float>(sg[i]);
+      op[r * k + kk] = with_min ? w + static_cast<float>(sg[16 + i]) : w;
     }
   }
   return out;

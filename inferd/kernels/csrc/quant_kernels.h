@@ -74,9 +74,10 @@ inline float group_sum_tree(const float (&part)[16]) {
   return a + b;
 }
 
-// A tile's fp16 scales (and, int4, mins) for one group: 32 halves a group for int4, 16 for int8.
-template <bool INT4>
-constexpr int64_t scale_halves() { return INT4 ? 32 : 16; }
+// A tile's fp16 scales (and mins, where the layout has them) for one group: 32 halves a group
+// with mins (int4 always; int8 holding GGUF's asymmetric Q5_1/Q5_K), 16 without.
+template <bool MIN>
+constexpr int64_t scale_halves() { return MIN ? 32 : 16; }
 
 }  // namespace inferd_quant
 
@@ -127,9 +128,12 @@ inline void int4_tile_range(const QuantizedRows& q, int64_t rows, const uint8_t*
   tile_range<true>(q, rows, codes, sz, k, group, begin, end, y, n);
 }
 
+// with_min: sc holds (scale, min) pairs [N/16, K/group, 2, 16], w = q s + m, as int4's do.
 inline void int8_tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* codes, const c10::Half* sc,
-                            int64_t k, int64_t group, int64_t begin, int64_t end, BFloat16* y, int64_t n) {
-  tile_range<false>(q, rows, codes, sc, k, group, begin, end, y, n);
+                            int64_t k, int64_t group, int64_t begin, int64_t end, BFloat16* y, int64_t n,
+                            bool with_min = false) {
+  if (with_min) return tile_range<false, true>(q, rows, codes, sc, k, group, begin, end, y, n);
+  tile_range<false, false>(q, rows, codes, sc, k, group, begin, end, y, n);
 }
 
 }  // namespace inferd_quant

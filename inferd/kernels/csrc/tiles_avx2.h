@@ -97,8 +97,9 @@ inline void widen_tile(const uint8_t* tile, int64_t chunks, int16_t* wide) {
 }
 
 // R rows of x (from row r0) against T consecutive tiles from tile t0, either layout. WIDE: codes
-// is one tile widened by widen_tile (T == 1), read instead of unpacking the bytes.
-template <bool INT4, int R, int T, bool WIDE = false>
+// is one tile widened by widen_tile (T == 1), read instead of unpacking the bytes. MIN: the
+// scales come with a min per group (int4 always; int8 for GGUF's asymmetric types).
+template <bool INT4, int R, int T, bool WIDE = false, bool MIN = INT4>
 inline void avx2_tiles(const QuantizedRows& q, int64_t r0, const uint8_t* codes, const c10::Half* sc, int64_t k,
                        int64_t group, int64_t t0, BFloat16* y, int64_t n, const int16_t* wide = nullptr) {
   static_assert(!WIDE || T == 1, "a widened tile is one tile");
@@ -154,7 +155,7 @@ inline void avx2_tiles(const QuantizedRows& q, int64_t r0, const uint8_t* codes,
       }
     }
     for (int t = 0; t < T; ++t) {
-      constexpr int64_t H = scale_halves<INT4>();
+      constexpr int64_t H = scale_halves<MIN>();
       const int64_t ahead = g + PREFETCH_GROUPS;
       _mm_prefetch(reinterpret_cast<const char*>(
                        sc + (ahead < groups ? (t0 + t) * groups + ahead : (t0 + t + T) * groups + ahead - groups) * H),
@@ -171,7 +172,7 @@ inline void avx2_tiles(const QuantizedRows& q, int64_t r0, const uint8_t* codes,
           if constexpr (!INT4) d[h] = _mm256_sub_epi32(d[h], _mm256_set1_epi32(128 * q.isum[at]));
           __m256 a = _mm256_load_ps(acc[r][t] + 8 * h);
           a = _mm256_fmadd_ps(_mm256_mul_ps(s[h], sx), _mm256_cvtepi32_ps(d[h]), a);
-          if constexpr (INT4) {
+          if constexpr (MIN) {
             const __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sg + 16 + 8 * h)));
             a = _mm256_fmadd_ps(mn, _mm256_set1_ps(q.sum[at]), a);
           }
@@ -195,7 +196,7 @@ constexpr int64_t WIDEN_FROM_ROWS = 4;
 // tiles at a time with the rows in passes over them (after the first pass they are in cache).
 // Each tile's result is the same whichever range (thread) computes it, and the same integer
 // sums in the same order whether its codes are widened first or not.
-template <bool INT4>
+template <bool INT4, bool MIN = INT4>
 inline void tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* codes, const c10::Half* sc, int64_t k,
                        int64_t group, int64_t begin, int64_t end, BFloat16* y, int64_t n) {
   constexpr int64_t KC = INT4 ? 8 : 4;
@@ -206,8 +207,8 @@ inline void tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* code
     for (int64_t t = begin; t < end; ++t) {
       widen_tile<INT4>(codes + t * chunks * 64, chunks, wide.data());
       int64_t r0 = 0;
-      for (; r0 + 2 <= rows; r0 += 2) avx2_tiles<INT4, 2, 1, true>(q, r0, codes, sc, k, group, t, y, n, wide.data());
-      if (r0 < rows) avx2_tiles<INT4, 1, 1, true>(q, r0, codes, sc, k, group, t, y, n, wide.data());
+      for (; r0 + 2 <= rows; r0 += 2) avx2_tiles<INT4, 2, 1, true, MIN>(q, r0, codes, sc, k, group, t, y, n, wide.data());
+      if (r0 < rows) avx2_tiles<INT4, 1, 1, true, MIN>(q, r0, codes, sc, k, group, t, y, n, wide.data());
     }
     return;
   }
@@ -215,12 +216,12 @@ inline void tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* code
     const int64_t last = std::min(end, first + UNIT_TILES);
     for (int64_t r0 = 0; r0 < rows; r0 += 2) {
       if (rows - r0 >= 2) {
-        for (int64_t t = first; t < last; ++t) avx2_tiles<INT4, 2, 1>(q, r0, codes, sc, k, group, t, y, n);
+        for (int64_t t = first; t < last; ++t) avx2_tiles<INT4, 2, 1, false, MIN>(q, r0, codes, sc, k, group, t, y, n);
         continue;
       }
       int64_t t = first;
-      for (; t + 2 <= last; t += 2) avx2_tiles<INT4, 1, 2>(q, r0, codes, sc, k, group, t, y, n);
-      if (t < last) avx2_tiles<INT4, 1, 1>(q, r0, codes, sc, k, group, t, y, n);
+      for (; t + 2 <= last; t += 2) avx2_tiles<INT4, 1, 2, false, MIN>(q, r0, codes, sc, k, group, t, y, n);
+      if (t < last) avx2_tiles<INT4, 1, 1, false, MIN>(q, r0, codes, sc, k, group, t, y, n);
     }
   }
 }

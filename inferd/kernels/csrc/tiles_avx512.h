@@ -92,15 +92,15 @@ inline void store_tiles(const __m512 (&acc)[R][T], int64_t r0, int64_t t0, BFloa
 
 // One group's exact integer sums (of h and of l, 16 output rows) into the float accumulator,
 // for the int4 (w = q s + m) or int8 (q + 128 stored) layout: the one epilogue the VNNI and AMX
-// kernels share, so their results are bitwise alike. s (and m): the tile's 16 scales (mins).
-template <bool INT4>
+// kernels share, so their results are bitwise alike. s (and m): the tile's 16 scales (mins, MIN).
+template <bool INT4, bool MIN = INT4>
 inline __m512 group_epilogue(__m512 acc, __m512i sum_h, __m512i sum_l, __m512 s, __m512 m, const QuantizedRows& q,
                              int64_t at) {
   // 256 h-sum + l-sum stays exact in int32 for any group up to 128 (int8) or 256 (int4).
   __m512i dot = _mm512_add_epi32(_mm512_slli_epi32(sum_h, 8), sum_l);
   if constexpr (!INT4) dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(128 * q.isum[at]));
   acc = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_set1_ps(q.scale[at])), _mm512_cvtepi32_ps(dot), acc);
-  if constexpr (INT4) acc = _mm512_fmadd_ps(m, _mm512_set1_ps(q.sum[at]), acc);
+  if constexpr (MIN) acc = _mm512_fmadd_ps(m, _mm512_set1_ps(q.sum[at]), acc);
   return acc;
 }
 
@@ -116,8 +116,8 @@ inline __m512 group_epilogue(__m512 acc, __m512i sum_h, __m512i sum_l, __m512 s,
 // int4's nibbles: this kernel streams at memory speed with cycles to spare.
 
 // R rows of x (from row r0) against T consecutive tiles (16 output rows each) from tile t0, on
-// VNNI, in the int4 (INT4) or int8 tile layout.
-template <bool INT4, int R, int T>
+// VNNI, in the int4 (INT4) or int8 tile layout, with mins (MIN) or without.
+template <bool INT4, int R, int T, bool MIN = INT4>
 inline void vnni_tiles(const QuantizedRows& q, int64_t r0, const uint8_t* codes, const c10::Half* sc, int64_t k,
                        int64_t group, int64_t t0, BFloat16* y, int64_t n) {
   constexpr int64_t KC = INT4 ? 8 : 4;  // k values per 64-byte chunk
@@ -166,17 +166,17 @@ inline void vnni_tiles(const QuantizedRows& q, int64_t r0, const uint8_t* codes,
       }
     }
     for (int t = 0; t < T; ++t) {
-      constexpr int64_t H = scale_halves<INT4>();
+      constexpr int64_t H = scale_halves<MIN>();
       const int64_t ahead = g + PREFETCH_GROUPS;
       _mm_prefetch(reinterpret_cast<const char*>(
                        sc + (ahead < groups ? (t0 + t) * groups + ahead : (t0 + t + T) * groups + ahead - groups) * H),
                    _MM_HINT_T1);
       const c10::Half* sg = sc + ((t0 + t) * groups + g) * H;  // 16 scales (then, int4, 16 mins)
       const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sg)));
-      const __m512 m = INT4 ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sg + 16)))
-                            : _mm512_setzero_ps();
+      const __m512 m = MIN ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sg + 16)))
+                           : _mm512_setzero_ps();
       for (int r = 0; r < R; ++r)
-        acc[r][t] = group_epilogue<INT4>(acc[r][t], ih[r][t], il[r][t], s, m, q, (r0 + r) * groups + g);
+        acc[r][t] = group_epilogue<INT4, MIN>(acc[r][t], ih[r][t], il[r][t], s, m, q, (r0 + r) * groups + g);
     }
   }
   store_tiles(acc, r0, t0, y, n);
@@ -234,7 +234,7 @@ inline void amx_configure(int m, int kb) {
 // All rows of q against output tiles [begin, end), either layout. Per tile and group the B tile
 // is built once and serves every 16-row block of x (q's digit rows are padded with zeros to a
 // whole block, so one tile shape serves all); accumulators live in `acc` [blocks * 16][16].
-template <bool INT4>
+template <bool INT4, bool MIN = INT4>
 inline void amx_tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* codes, const c10::Half* sc,
                            int64_t k, int64_t group, int64_t begin, int64_t end, BFloat16* y, int64_t n) {
   const int64_t groups = k / group, kb = std::min<int64_t>(group, 64), steps = group / kb;
@@ -265,9 +265,9 @@ inline void amx_tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* 
         }
       }
       tile_memory_fence();
-      const c10::Half* sg = sc + (t * groups + g) * scale_halves<INT4>();
+      const c10::Half* sg = sc + (t * groups + g) * scale_halves<MIN>();
       const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sg)));
-      const __m512 mn = INT4 ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sg + 16)))
+      const __m512 mn = MIN ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sg + 16)))
                              : _mm512_setzero_ps();
       for (int64_t mb = 0; mb < blocks; ++mb) {
         _tile_zero(0);
@@ -287,7 +287,7 @@ inline void amx_tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* 
         for (int r = 0; r < m; ++r) {
           const int64_t row = mb * 16 + r;
           _mm512_storeu_ps(acc + row * 16,
-                           group_epilogue<INT4>(_mm512_loadu_ps(acc + row * 16), _mm512_load_si512(sum_h[r]),
+                           group_epilogue<INT4, MIN>(_mm512_loadu_ps(acc + row * 16), _mm512_load_si512(sum_h[r]),
                                                 _mm512_load_si512(sum_l[r]), s, mn, q, row * groups + g));
         }
       }
@@ -305,25 +305,25 @@ inline void amx_tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* 
 
 // Register budget: one row of x runs four tiles at once (eight dot-product chains, enough to
 // hide the instruction's latency); more rows share fewer tiles.
-template <bool INT4>
+template <bool INT4, bool MIN = INT4>
 inline TileFn vnni_tile_fn(int64_t rows, int64_t tiles) {
-  static constexpr TileFn one[] = {vnni_tiles<INT4, 1, 1>, vnni_tiles<INT4, 1, 2>, vnni_tiles<INT4, 1, 3>,
-                                   vnni_tiles<INT4, 1, 4>};
-  static constexpr TileFn two[] = {vnni_tiles<INT4, 2, 1>, vnni_tiles<INT4, 2, 2>};
+  static constexpr TileFn one[] = {vnni_tiles<INT4, 1, 1, MIN>, vnni_tiles<INT4, 1, 2, MIN>,
+                                   vnni_tiles<INT4, 1, 3, MIN>, vnni_tiles<INT4, 1, 4, MIN>};
+  static constexpr TileFn two[] = {vnni_tiles<INT4, 2, 1, MIN>, vnni_tiles<INT4, 2, 2, MIN>};
   if (rows == 1) return one[tiles - 1];
   if (rows == 2) return two[tiles - 1];
-  return rows == 3 ? vnni_tiles<INT4, 3, 1> : vnni_tiles<INT4, 4, 1>;
+  return rows == 3 ? vnni_tiles<INT4, 3, 1, MIN> : vnni_tiles<INT4, 4, 1, MIN>;
 }
 
 // Output tiles [begin, end) of x @ W.T for all `rows` rows of q, in the int4 (INT4) or int8
 // tile layout: AMX for batches where the CPU has it, else VNNI UNIT_TILES tiles at a time. Each
 // tile's result is the same whichever range (thread) and kernel computes it.
-template <bool INT4>
+template <bool INT4, bool MIN = INT4>
 inline void tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* codes, const c10::Half* sc, int64_t k,
                        int64_t group, int64_t begin, int64_t end, BFloat16* y, int64_t n) {
 #if defined(INFERD_AMX)
   if (rows >= (INT4 ? AMX_MIN_ROWS_INT4 : AMX_MIN_ROWS_INT8) && amx_usable())
-    return amx_tile_range<INT4>(q, rows, codes, sc, k, group, begin, end, y, n);
+    return amx_tile_range<INT4, MIN>(q, rows, codes, sc, k, group, begin, end, y, n);
 #endif
   for (int64_t first = begin; first < end; first += UNIT_TILES) {
     const int64_t last = std::min(end, first + UNIT_TILES);
@@ -332,7 +332,7 @@ inline void tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* code
       const int64_t r = std::min<int64_t>(4, rows - r0);
       for (int64_t t = first; t < last; t += max_tiles(r)) {
         const int64_t nt = std::min(max_tiles(r), last - t);
-        vnni_tile_fn<INT4>(r, nt)(q, r0, codes, sc, k, group, t, y, n);
+        vnni_tile_fn<INT4, MIN>(r, nt)(q, r0, codes, sc, k, group, t, y, n);
       }
     }
   }

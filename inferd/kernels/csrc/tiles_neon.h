@@ -105,8 +105,9 @@ inline void load_chunk(const uint8_t* p, int8x16_t (&a)[4], int8x16_t (&b)[4]) {
 
 // R rows of x (from row r0) against T consecutive tiles (16 output rows each) from tile t0, in
 // the int4 (INT4) or int8 tile layout. Per group: the exact sums of code * h and code * l
-// (int8: q * h, q * l), then the reference's epilogue with 256 h-sum + l-sum as its integer.
-template <bool INT4, int R, int T>
+// (int8: q * h, q * l), then the reference's epilogue with 256 h-sum + l-sum as its integer;
+// MIN: the scales come with a min per group (int4 always; int8 for GGUF's asymmetric types).
+template <bool INT4, int R, int T, bool MIN = INT4>
 inline void neon_tiles(const QuantizedRows& q, int64_t r0, const uint8_t* codes, const c10::Half* sc, int64_t k,
                        int64_t group, int64_t t0, BFloat16* y, int64_t n) {
   constexpr int64_t KC = INT4 ? 8 : 4;  // k values per 64-byte chunk
@@ -157,10 +158,10 @@ inline void neon_tiles(const QuantizedRows& q, int64_t r0, const uint8_t* codes,
 #undef INFERD_SDOT_STEP
     }
     for (int t = 0; t < T; ++t) {
-      const c10::Half* sg = sc + ((t0 + t) * groups + g) * scale_halves<INT4>();  // 16 scales (int4: then 16 mins)
+      const c10::Half* sg = sc + ((t0 + t) * groups + g) * scale_halves<MIN>();  // 16 scales (MIN: then 16 mins)
       float32x4_t s[4], m[4];
       load_halves16(sg, s);
-      if constexpr (INT4) load_halves16(sg + 16, m);
+      if constexpr (MIN) load_halves16(sg + 16, m);
       for (int r = 0; r < R; ++r) {
         const int64_t at = (r0 + r) * groups + g;
         const float sx = q.scale[at];
@@ -169,7 +170,7 @@ inline void neon_tiles(const QuantizedRows& q, int64_t r0, const uint8_t* codes,
           // in int32 for groups up to 128 (int8) or 256 (int4).
           const int32x4_t dot = vaddq_s32(vshlq_n_s32(ih[r][t][v], 8), il[r][t][v]);
           acc[r][t][v] = vfmaq_f32(acc[r][t][v], vmulq_f32(s[v], vdupq_n_f32(sx)), vcvtq_f32_s32(dot));
-          if constexpr (INT4) acc[r][t][v] = vfmaq_f32(acc[r][t][v], m[v], vdupq_n_f32(q.sum[at]));
+          if constexpr (MIN) acc[r][t][v] = vfmaq_f32(acc[r][t][v], m[v], vdupq_n_f32(q.sum[at]));
         }
       }
     }
@@ -189,16 +190,16 @@ using TileFn = void (*)(const QuantizedRows&, int64_t, const uint8_t*, const c10
 // tiles at once, two rows share one.
 constexpr int64_t max_tiles(int64_t rows) { return rows == 1 ? 2 : 1; }
 
-template <bool INT4>
+template <bool INT4, bool MIN = INT4>
 inline TileFn neon_tile_fn(int64_t rows, int64_t tiles) {
-  if (rows == 1) return tiles == 1 ? neon_tiles<INT4, 1, 1> : neon_tiles<INT4, 1, 2>;
-  return neon_tiles<INT4, 2, 1>;
+  if (rows == 1) return tiles == 1 ? neon_tiles<INT4, 1, 1, MIN> : neon_tiles<INT4, 1, 2, MIN>;
+  return neon_tiles<INT4, 2, 1, MIN>;
 }
 
 // Output tiles [begin, end) of x @ W.T for all `rows` rows of q, in the int4 (INT4) or int8
 // tile layout, UNIT_TILES tiles at a time. Each tile's result is the same whichever range
 // (thread) and kernel computes it.
-template <bool INT4>
+template <bool INT4, bool MIN = INT4>
 inline void tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* codes, const c10::Half* sc, int64_t k,
                        int64_t group, int64_t begin, int64_t end, BFloat16* y, int64_t n) {
   for (int64_t first = begin; first < end; first += UNIT_TILES) {
@@ -208,7 +209,7 @@ inline void tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* code
       const int64_t r = std::min<int64_t>(2, rows - r0);
       for (int64_t t = first; t < last; t += max_tiles(r)) {
         const int64_t nt = std::min(max_tiles(r), last - t);
-        neon_tile_fn<INT4>(r, nt)(q, r0, codes, sc, k, group, t, y, n);
+        neon_tile_fn<INT4, MIN>(r, nt)(q, r0, codes, sc, k, group, t, y, n);
       }
     }
   }

@@ -45,8 +45,8 @@ inline void quantize_rows(const BFloat16* x, int64_t rows, int64_t k, int64_t gr
 
 // Output tiles [begin, end) of x @ W.T for all `rows` rows, either layout: per group the exact
 // sum of code * X, then acc = fma(s * sx, sum, acc) (int8: the +128 offset removed first;
-// int4: acc = fma(min, sum of x, acc) after), rounded once to bf16 at the end.
-template <bool INT4>
+// with mins, MIN: acc = fma(min, sum of x, acc) after), rounded once to bf16 at the end.
+template <bool INT4, bool MIN = INT4>
 inline void tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* codes, const c10::Half* sc, int64_t k,
                        int64_t group, int64_t begin, int64_t end, BFloat16* y, int64_t n) {
   constexpr int64_t KC = INT4 ? 8 : 4;  // k values per 64-byte chunk
@@ -67,11 +67,11 @@ inline void tile_range(const QuantizedRows& q, int64_t rows, const uint8_t* code
           }
         }
         const int64_t at = r * groups + g;
-        const c10::Half* sg = sc + (t * groups + g) * scale_halves<INT4>();
+        const c10::Half* sg = sc + (t * groups + g) * scale_halves<MIN>();
         for (int i = 0; i < 16; ++i) {
           const int32_t d = INT4 ? dot[i] : dot[i] - 128 * q.isum[at];
           acc[i] = std::fma(static_cast<float>(sg[i]) * q.scale[at], static_cast<float>(d), acc[i]);
-          if constexpr (INT4) acc[i] = std::fma(static_cast<float>(sg[16 + i]), q.sum[at], acc[i]);
+          if constexpr (MIN) acc[i] = std::fma(static_cast<float>(sg[16 + i]), q.sum[at], acc[i]);
         }
       }
       for (int i = 0; i < 16; ++i) y[r * n + t * 16 + i] = static_cast<BFloat16>(acc[i]);

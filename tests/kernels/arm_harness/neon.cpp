@@ -81,9 +81,9 @@ void check_quantize(const std::vector<uint16_t>& x, int64_t rows, int64_t k, int
     }
 }
 
-int64_t check_tiles(std::mt19937& rng, bool int4, int64_t rows, int64_t group) {
+int64_t check_tiles(std::mt19937& rng, bool int4, int64_t rows, int64_t group, bool with_min = false) {
   const int64_t k = group * 3, tiles = 7, n = tiles * 16, groups = k / group;
-  const int64_t kc = int4 ? 8 : 4, halves = int4 ? 32 : 16;
+  const int64_t kc = int4 ? 8 : 4, halves = int4 || with_min ? 32 : 16;
   std::vector<uint8_t> codes(tiles * (k / kc) * 64);
   for (auto& c : codes) c = static_cast<uint8_t>(rng());
   std::uniform_real_distribution<float> ud(-1.f, 1.f);
@@ -94,13 +94,14 @@ int64_t check_tiles(std::mt19937& rng, bool int4, int64_t rows, int64_t group) {
   for (int variant = 0; variant < 2; ++variant) {
     const std::vector<uint16_t> x = make_x(rng, rows, k, group, variant);
     char what[96];
-    std::snprintf(what, sizeof what, "%s rows=%" PRId64 " group=%" PRId64 " variant=%d", int4 ? "int4" : "int8", rows,
-                  group, variant);
+    std::snprintf(what, sizeof what, "%s rows=%" PRId64 " group=%" PRId64 " variant=%d",
+                  int4 ? "int4" : with_min ? "int8+min" : "int8", rows, group, variant);
     check_quantize(x, rows, k, group, what);
     const int64_t ranges[][2] = {{0, tiles}, {1, 6}, {5, 7}};
     for (const auto& range : ranges) {
       std::vector<uint16_t> y_ref(rows * n, 0xAAAA), y(rows * n, 0xAAAA);
-      harness::ref_tiles(int4, x.data(), rows, codes.data(), sc.data(), k, group, range[0], range[1], y_ref.data(), n);
+      harness::ref_tiles(int4, x.data(), rows, codes.data(), sc.data(), k, group, range[0], range[1], y_ref.data(), n,
+                         with_min);
       inferd_quant::QuantizedRows q;
       inferd_quant::quantize_rows(reinterpret_cast<const c10::BFloat16*>(x.data()), rows, k, group, q);
       const auto* scp = reinterpret_cast<const c10::Half*>(sc.data());
@@ -108,7 +109,7 @@ int64_t check_tiles(std::mt19937& rng, bool int4, int64_t rows, int64_t group) {
       if (int4)
         inferd_quant::int4_tile_range(q, rows, codes.data(), scp, k, group, range[0], range[1], yp, n);
       else
-        inferd_quant::int8_tile_range(q, rows, codes.data(), scp, k, group, range[0], range[1], yp, n);
+        inferd_quant::int8_tile_range(q, rows, codes.data(), scp, k, group, range[0], range[1], yp, n, with_min);
       for (int64_t i = 0; i < rows * n; ++i)
         if (y[i] != y_ref[i]) {
           char msg[200];
@@ -253,11 +254,14 @@ int main() {
   before = failures;
   n = 0;
   for (bool int4 : {true, false})
-    for (int64_t group : {32, 64, 128, 256}) {
+    for (int64_t group : {16, 32, 64, 128, 256}) {  // 16: GGUF Q6_K (int8), Q2_K/Q3_K (int4)
       if (!int4 && group > 128) continue;  // int8 tiles take groups up to 128
-      for (int64_t rows = 1; rows <= 9; ++rows) n += check_tiles(rng, int4, rows, group);
+      for (int64_t rows = 1; rows <= 9; ++rows) {
+        n += check_tiles(rng, int4, rows, group);
+        if (!int4) n += check_tiles(rng, false, rows, group, true);  // int8 with mins (GGUF Q5_1/Q5_K)
+      }
     }
-  std::printf("tiles: %" PRId64 " outputs (int4 and int8, rows 1..9, groups 32..256), %s\n", n,
+  std::printf("tiles: %" PRId64 " outputs (int4, int8, int8 with mins; rows 1..9, groups 16..256), %s\n", n,
               failures == before ? "bitwise equal to tiles_scalar.h" : "MISMATCH");
 
   before = failures;

@@ -23,7 +23,7 @@ void ref_quantize(const uint16_t* x, int64_t rows, int64_t k, int64_t group, Qua
 }
 
 void ref_tiles(bool int4, const uint16_t* x, int64_t rows, const uint8_t* codes, const uint16_t* scales, int64_t k,
-               int64_t group, int64_t begin, int64_t end, uint16_t* y, int64_t n) {
+               int64_t group, int64_t begin, int64_t end, uint16_t* y, int64_t n, bool with_min) {
   inferd_quant_ref::QuantizedRows q;
   inferd_quant_ref::quantize_rows(reinterpret_cast<const c10::BFloat16*>(x), rows, k, group, q);
   const auto* sc = reinterpret_cast<const c10::Half*>(scales);
@@ -31,7 +31,7 @@ void ref_tiles(bool int4, const uint16_t* x, int64_t rows, const uint8_t* codes,
   if (int4)
     inferd_quant_ref::int4_tile_range(q, rows, codes, sc, k, group, begin, end, out, n);
   else
-    inferd_quant_ref::int8_tile_range(q, rows, codes, sc, k, group, begin, end, out, n);
+    inferd_quant_ref::int8_tile_range(q, rows, codes, sc, k, group, begin, end, out, n, with_min);
 }
 
 }  // namespace harness
