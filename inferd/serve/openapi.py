@@ -108,7 +108,11 @@ REQUIRED = {"ContentPart": ["type", "text"]}  # a text part without text is refu
 STREAM_OPTIONS_NEED_STREAM = {
     "if": {"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
     "then": {"required": ["stream"], "properties": {"stream": {"const": True}}}}
-DEPENDENT = {"CompletionRequest": [STREAM_OPTIONS_NEED_STREAM], "ChatCompletionRequest": [
+# max_tokens 0 only scores the prompt: it needs echo (a 400 otherwise).
+MAX_TOKENS_0_NEEDS_ECHO = {
+    "if": {"required": ["max_tokens"], "properties": {"max_tokens": {"const": 0}}},
+    "then": {"required": ["echo"], "properties": {"echo": {"const": True}}}}
+DEPENDENT = {"CompletionRequest": [STREAM_OPTIONS_NEED_STREAM, MAX_TOKENS_0_NEEDS_ECHO], "ChatCompletionRequest": [
     STREAM_OPTIONS_NEED_STREAM,
     {"if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
      "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}},

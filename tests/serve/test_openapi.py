@@ -72,7 +72,10 @@ def test_cross_checks_the_server_makes_are_in_the_document(doc):
     chat = schemas["ChatCompletionRequest"]
     stream_options, top_lp, tools = chat["allOf"]
     assert stream_options["then"]["properties"]["stream"]["const"] is True  # stream_options need stream
-    assert schemas["CompletionRequest"]["allOf"] == [stream_options]
+    assert schemas["CompletionRequest"]["allOf"][0] == stream_options
+    max_tokens_0 = schemas["CompletionRequest"]["allOf"][1]  # max_tokens 0 needs echo
+    assert max_tokens_0["if"]["properties"]["max_tokens"] == {"const": 0}
+    assert max_tokens_0["then"] == {"required": ["echo"], "properties": {"echo": {"const": True}}}
     assert top_lp["then"]["properties"]["logprobs"]["const"] is True  # top_logprobs needs logprobs
     assert tools["then"]["properties"]["tool_choice"]["const"] == "none"  # tools need tool_choice none
     assert all(b.get("type") != "object" for b in chat["properties"]["tool_choice"]["anyOf"])
@@ -181,6 +184,10 @@ async def test_the_server_refuses_what_the_document_excludes_and_codes_the_rest(
         assert r.status_code == 400 and r.json()["error"]["param"] == "logit_bias"
         r = await post({"prompt": "x", "logit_bias": {"5": -100, "0": 100}, "max_tokens": 1})
         assert r.status_code == 200, r.text
+        r = await post({"prompt": "x", "max_tokens": 0})  # the document's if/then: needs echo
+        assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens", r.text
+        r = await post({"prompt": "x", "max_tokens": 0, "echo": True})
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] == "x", r.text
         r = await post({"prompt": "\u0013", "max_tokens": 1})  # this tokenizer drops it: no tokens
         assert r.status_code == 400 and r.json()["error"]["code"] == "empty_prompt", r.text
         assert r.json()["error"]["param"] == "prompt"
