@@ -19,7 +19,7 @@ from inferd.serve.auth import APIKeyMiddleware, tenant_of
 from inferd.serve.body_limit import DEFAULT_MAX_REQUEST_BYTES, BodyLimitMiddleware
 from inferd.serve.errors import install_error_handlers
 from inferd.serve.metrics import ServerMetrics
-from inferd.serve.openapi import install_openapi
+from inferd.serve.openapi import install_openapi, shared_limits
 from inferd.serve.paths import ExactPathMiddleware
 from inferd.serve.registry import ServedModels
 from inferd.serve.shutdown import DrainMiddleware, DrainState
@@ -56,8 +56,7 @@ def build_app(engines: dict[str, AsyncEngine], *, hidden_aliases: dict[str, Asyn
     app.state.api_key_required = bool(keys)
     app.state.shared_prefix_cache = shared_prefix_cache  # open routes then do not list the served models
     install_error_handlers(app)
-    vocabs = {(e.engine.loaded.arch.vocab_size, e.tokenizer.vocab_size) for e in models.engines().values()}
-    install_openapi(app, api_key_required=bool(keys), vocab_size=vocabs.pop() if len(vocabs) == 1 else None)
+    install_openapi(app, api_key_required=bool(keys), limits=shared_limits(models.engines().values()))
     app.include_router(openai.router)
     app.include_router(tokenizer_routes.router)
 

@@ -2,18 +2,32 @@
 
 FastAPI documents a 422 for validation errors (this server answers OpenAI's 400), no error body
 shape and only the bounds the pydantic types carry. This rewrites its document: OpenAI's error
-schema under each status a route answers, the value bounds SamplingParams and the routes enforce,
-and the fields a request needs (`messages` non-empty, `prompt` non-empty, /tokenize's one-of).
+schema under each status a route answers, the value bounds SamplingParams and the routes enforce
+(with the served models' shared limits: vocabulary, context window, waiting queue), and the
+fields a request needs (`messages` non-empty, `prompt` non-empty, /tokenize's one-of). The few
+400s a schema cannot foresee are listed per route with their error codes (SEMANTIC_400).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from inferd.serve.translate import ROLES, TEXT_PARTS
+from inferd.engine.async_engine import AsyncEngine
+from inferd.serve.token_ids import id_key_pattern
+from inferd.serve.translate import (
+    CONTEXT_LENGTH_EXCEEDED,
+    EMPTY_PROMPT,
+    MAX_BEST_OF,
+    ROLES,
+    STREAM_WITH_BEST_OF,
+    TEXT_PARTS,
+    TOO_MANY_SEQUENCES,
+)
 
 ERROR_SCHEMA = {
     "type": "object", "required": ["error"], "additionalProperties": False,
@@ -36,8 +50,28 @@ ROUTE_ERRORS = {
     ("get", "/v1/models/{model}"): [401, 404, 503],
     ("get", "/tokenizer_info"): [400, 404, 503],
 }
+# The 400s a schema-valid body can still get: each depends on something a JSON schema cannot
+# compute (token counts, a product of fields, a comparison between two fields). The document
+# lists their codes under `x-semantic-error-codes` of the route's 400 (a fuzzer's check may
+# accept exactly these; scripts/schemathesis_hooks.py does) and explains them in words.
+SEMANTIC_400 = {
+    CONTEXT_LENGTH_EXCEEDED: "the prompt's tokens plus max_tokens (or max_completion_tokens) exceed the "
+                             "context window (as OpenAI and vLLM)",
+    TOO_MANY_SEQUENCES: "prompts x n (x best_of) exceed what the waiting queue holds per request "
+                        "(--max-waiting-requests); waiting would never help it",
+    EMPTY_PROMPT: "a text prompt the tokenizer turns into no tokens (e.g. a lone control character)",
+    STREAM_WITH_BEST_OF: "stream: true with best_of greater than n (the best candidates are known only "
+                         "at the end; as OpenAI)",
+}
+SEMANTIC_CODES_KEY = "x-semantic-error-codes"
+SEMANTIC_400_BY_ROUTE = {
+    ("post", "/v1/chat/completions"): [CONTEXT_LENGTH_EXCEEDED, TOO_MANY_SEQUENCES],
+    ("post", "/v1/completions"): [CONTEXT_LENGTH_EXCEEDED, TOO_MANY_SEQUENCES, EMPTY_PROMPT,
+                                  STREAM_WITH_BEST_OF],
+}
+MAX_N = MAX_BEST_OF  # n (SamplingParams refuses more) and best_of alike
 SAMPLING_BOUNDS = {
-    "n": {"minimum": 1, "maximum": 128}, "temperature": {"minimum": 0},
+    "n": {"minimum": 1, "maximum": MAX_N}, "temperature": {"minimum": 0},
     "top_p": {"exclusiveMinimum": 0, "maximum": 1}, "top_k": {"minimum": -1}, "min_p": {"minimum": 0, "maximum": 1},
     "presence_penalty": {"minimum": -2, "maximum": 2}, "frequency_penalty": {"minimum": -2, "maximum": 2},
     "repetition_penalty": {"exclusiveMinimum": 0, "maximum": 2}, "min_tokens": {"minimum": 0},
@@ -49,7 +83,7 @@ BOUNDS: dict[str, dict[str, dict[str, Any]]] = {
                               "top_logprobs": {"minimum": 0, "maximum": 20}},
     "CompletionRequest": {**SAMPLING_BOUNDS, "prompt": {"minLength": 1, "minItems": 1}, "suffix": {"maxLength": 0},
                           "max_tokens": {"minimum": 0}, "logprobs": {"minimum": 0, "maximum": 20},
-                          "prompt_logprobs": {"minimum": 0, "maximum": 20}, "best_of": {"minimum": 1, "maximum": 128}},
+                          "prompt_logprobs": {"minimum": 0, "maximum": 20}, "best_of": {"minimum": 1, "maximum": MAX_N}},
     "TokenizeRequest": {"messages": {"minItems": 1}},
     "ChatMessage": {"role": {"enum": sorted(ROLES)}},
     "ContentPart": {"type": {"enum": sorted(TEXT_PARTS)}},
@@ -74,7 +108,11 @@ REQUIRED = {"ContentPart": ["type", "text"]}  # a text part without text is refu
 STREAM_OPTIONS_NEED_STREAM = {
     "if": {"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
     "then": {"required": ["stream"], "properties": {"stream": {"const": True}}}}
-DEPENDENT = {"CompletionRequest": [STREAM_OPTIONS_NEED_STREAM], "ChatCompletionRequest": [
+# max_tokens 0 only scores the prompt: it needs echo (a 400 otherwise).
+MAX_TOKENS_0_NEEDS_ECHO = {
+    "if": {"required": ["max_tokens"], "properties": {"max_tokens": {"const": 0}}},
+    "then": {"required": ["echo"], "properties": {"echo": {"const": True}}}}
+DEPENDENT = {"CompletionRequest": [STREAM_OPTIONS_NEED_STREAM, MAX_TOKENS_0_NEEDS_ECHO], "ChatCompletionRequest": [
     STREAM_OPTIONS_NEED_STREAM,
     {"if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
      "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}},
@@ -84,6 +122,10 @@ DEPENDENT = {"CompletionRequest": [STREAM_OPTIONS_NEED_STREAM], "ChatCompletionR
 # Token-id fields, bounded by the model's vocabulary (0) or the tokenizer's (1), which may differ.
 TOKEN_ID_FIELDS = {"CompletionRequest": (["prompt", "stop_token_ids"], 0),
                    "ChatCompletionRequest": (["stop_token_ids"], 0), "DetokenizeRequest": (["tokens"], 1)}
+# Bounded by the context window less the one token a prompt has at least.
+MAX_TOKENS_FIELDS = {"ChatCompletionRequest": ["max_tokens", "max_completion_tokens"],
+                     "CompletionRequest": ["max_tokens"]}
+SEQUENCE_FIELDS = {"ChatCompletionRequest": ["n"], "CompletionRequest": ["n", "best_of"]}
 MODEL_FIELDS = ["ChatCompletionRequest", "CompletionRequest", "TokenizeRequest", "DetokenizeRequest"]
 # Exactly one of these; the routes refuse anything else with a 400.
 ONE_OF = {"TokenizeRequest": ["prompt", "messages"]}
@@ -91,21 +133,41 @@ KEYWORDS_BY_TYPE = {"minimum": "number", "maximum": "number", "exclusiveMinimum"
                     "minItems": "array", "minLength": "string", "maxLength": "string", "enum": "string"}
 
 
-def install_openapi(app: FastAPI, api_key_required: bool, vocab_size: tuple[int, int] | None) -> None:
-    """vocab_size: (model, tokenizer) vocabulary sizes when every served model shares them; token
-    ids are bounded by them."""
+@dataclass(frozen=True)
+class Limits:
+    """Limits every served model shares (None where they differ): one document serves them all,
+    so it can bound a field only by what holds for each."""
+
+    vocab_size: tuple[int, int] | None = None  # (model, tokenizer): token ids are below them
+    max_seq_tokens: int | None = None  # the context window: max_tokens stays below it
+    max_waiting: int | None = None  # --max-waiting-requests: n and best_of stay within it
+
+
+def shared_limits(engines: Iterable[AsyncEngine]) -> Limits:
+    engines = list(engines)
+
+    def shared(values: set) -> Any:
+        return values.pop() if len(values) == 1 else None
+
+    return Limits(
+        vocab_size=shared({(e.engine.loaded.arch.vocab_size, e.tokenizer.vocab_size) for e in engines}),
+        max_seq_tokens=shared({e.engine.max_seq_tokens for e in engines}),
+        max_waiting=shared({e.config.scheduler.max_waiting_requests for e in engines}))
+
+
+def install_openapi(app: FastAPI, api_key_required: bool, limits: Limits) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
                                  routes=app.routes)
-            app.openapi_schema = truthful(schema, api_key_required, vocab_size)
+            app.openapi_schema = truthful(schema, api_key_required, limits)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def truthful(schema: dict[str, Any], api_key_required: bool,
-             vocab_size: tuple[int, int] | None = None) -> dict[str, Any]:
+def truthful(schema: dict[str, Any], api_key_required: bool, limits: Limits = Limits()) -> dict[str, Any]:
+    vocab_size = limits.vocab_size
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
@@ -119,6 +181,12 @@ def truthful(schema: dict[str, Any], api_key_required: bool,
                 if status == 401 and not api_key_required:
                     continue
                 responses[str(status)] = {"description": DESCRIPTIONS[status], "content": error_ref}
+            semantic = SEMANTIC_400_BY_ROUTE.get((method, path))
+            if semantic and "400" in responses:
+                responses["400"]["description"] += (
+                    ". Also for these schema-valid bodies, by error.code: "
+                    + "; ".join(f"{code}: {SEMANTIC_400[code]}" for code in semantic))
+                responses["400"][SEMANTIC_CODES_KEY] = semantic
             if path in ("/v1/chat/completions", "/v1/completions") and "200" in responses:
                 responses["200"].setdefault("content", {})["text/event-stream"] = {
                     "schema": {"description": "with stream: true, server-sent events of chunks, ending "
@@ -146,6 +214,12 @@ def truthful(schema: dict[str, Any], api_key_required: bool,
         props = components.get(model, {}).get("properties", {})
         if "model" in props:
             _constrain(props["model"], {"minLength": 1})
+    _logit_bias(components, vocab_size[0] if vocab_size else None)
+    if limits.max_seq_tokens is not None:
+        _bound(components, MAX_TOKENS_FIELDS, limits.max_seq_tokens - 1)
+    if limits.max_waiting is not None:  # one prompt of n (or best_of) sequences must fit the queue
+        _bound(components, SEQUENCE_FIELDS, min(MAX_N, limits.max_waiting))
+    _bound_prompts(components, limits)
     chat_props = components.get("ChatCompletionRequest", {}).get("properties", {})
     if "tool_choice" in chat_props:  # an object (a named tool) needs tool calling: refused
         chat_props["tool_choice"]["anyOf"] = [b for b in chat_props["tool_choice"].get("anyOf", [])
@@ -165,6 +239,39 @@ def truthful(schema: dict[str, Any], api_key_required: bool,
             components[model]["oneOf"] = [{"required": [f], "properties": {f: {"not": {"type": "null"}}}}
                                           for f in fields]
     return schema
+
+
+def _bound(components: dict[str, Any], fields_by_model: dict[str, list[str]], maximum: int) -> None:
+    for model, fields in fields_by_model.items():
+        props = components.get(model, {}).get("properties", {})
+        for field in fields:
+            if field in props:
+                _constrain(props[field], {"maximum": maximum})
+
+
+def _bound_prompts(components: dict[str, Any], limits: Limits) -> None:
+    """A list of prompts (strings or token-id lists) queues at least one sequence each, so holds
+    at most --max-waiting-requests of them; a token-id prompt leaves a token of the window free."""
+    prompt = components.get("CompletionRequest", {}).get("properties", {}).get("prompt", {})
+    for branch in prompt.get("anyOf", []):
+        items = branch.get("items", {})
+        if branch.get("type") != "array":
+            continue
+        if items.get("type") in ("string", "array") and limits.max_waiting is not None:
+            branch["maxItems"] = limits.max_waiting
+        ids = branch if items.get("type") == "integer" else items if items.get("type") == "array" else None
+        if ids is not None and limits.max_seq_tokens is not None:
+            ids["maxItems"] = limits.max_seq_tokens - 1
+
+
+def _logit_bias(components: dict[str, Any], vocab: int | None) -> None:
+    """Keys: token ids in the model's vocabulary, as plain decimals; values: biases in [-100, 100]."""
+    for model in ("ChatCompletionRequest", "CompletionRequest"):
+        prop = components.get(model, {}).get("properties", {}).get("logit_bias", {})
+        for branch in prop.get("anyOf", [prop]):
+            if branch.get("type") == "object":
+                branch["propertyNames"] = {"pattern": id_key_pattern(vocab)}
+                branch["additionalProperties"] = {"type": "number", "minimum": -100, "maximum": 100}
 
 
 def _integer_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:

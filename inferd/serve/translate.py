@@ -22,12 +22,19 @@ from inferd.serve.protocol import (
     CompletionRequest,
     SamplingRequest,
 )
+from inferd.serve.token_ids import parse_token_key
 
 log = logging.getLogger(__name__)
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 TEXT_PARTS = {"text", "input_text"}
 MAX_TOP_LOGPROBS = 20
 MAX_BEST_OF = 128  # as n
+# error.code of the 400s a body valid under the OpenAPI document can still get (openapi.py lists
+# them per route): what decides them is beyond a JSON schema.
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # OpenAI's code; token counts decide
+TOO_MANY_SEQUENCES = "too_many_sequences"  # prompts x n over --max-waiting-requests
+EMPTY_PROMPT = "empty_prompt"  # text the tokenizer turns into no tokens
+STREAM_WITH_BEST_OF = "stream_with_best_of"  # best_of above n compared with stream
 
 
 # ---- fields the models do not declare ---------------------------------------------------------
@@ -212,7 +219,11 @@ def completion_prompts(engine: AsyncEngine, prompt: Any,
     out = []
     for p in prompts:
         if isinstance(p, str):
-            out.append((p, encode_text(engine, p, "prompt", max_tokens=max_tokens)))
+            ids = encode_text(engine, p, "prompt", max_tokens=max_tokens)
+            if not ids:  # vLLM refuses an empty prompt too; which texts are empty is the tokenizer's say
+                raise bad_request(f"'prompt' {p[:40]!r} has no tokens: this model's tokenizer drops all "
+                                  "of it", param="prompt", code=EMPTY_PROMPT)
+            out.append((p, ids))
         else:
             out.append((None, [int(t) for t in p]))
     return out
@@ -224,12 +235,10 @@ def _logit_bias(raw: dict[str, float] | None, vocab: int) -> dict[int, float] | 
         return None
     bias = {}
     for key, value in raw.items():
-        try:
-            tok = int(key)
-        except ValueError:
-            raise InvalidParameter("logit_bias", f"logit_bias keys must be token ids, got {key!r}") from None
-        if not 0 <= tok < vocab:
-            raise InvalidParameter("logit_bias", f"logit_bias token id {tok} is outside [0, {vocab})")
+        tok = parse_token_key(key, vocab)
+        if tok is None:
+            raise InvalidParameter("logit_bias", f"logit_bias keys must be token ids in [0, {vocab}) written "
+                                   f"as plain decimals, got {key[:40]!r}")
         bias[tok] = float(value)
     return bias
 
@@ -315,7 +324,7 @@ def chat_params(req: ChatCompletionRequest, engine: AsyncEngine, ids: list[int])
 def chat_inputs(req: ChatCompletionRequest, engine: AsyncEngine,
                 parse_special_in_content: bool = False) -> tuple[list[int], SamplingParams]:
     """Prompt ids and sampling parameters of a chat request. Tokenizes: run it off the event loop."""
-    engine.check_size(1, 1 if req.n is None else max(req.n, 1))
+    check_size(engine, 1, 1 if req.n is None else max(req.n, 1))
     ids = chat_prompt_ids(engine, req.messages, req.add_generation_prompt is not False,
                           max_tokens=engine.engine.max_seq_tokens,
                           parse_special_in_content=parse_special_in_content)
@@ -328,14 +337,19 @@ def completion_inputs(req: CompletionRequest, engine: AsyncEngine
     # Before tokenizing: a request with more prompts x n than the queue holds is refused at once.
     if req.best_of is not None and not 1 <= req.best_of <= MAX_BEST_OF:
         raise bad_request(f"best_of must be in [1, {MAX_BEST_OF}], got {req.best_of}", param="best_of")
-    try:
-        engine.check_size(num_prompts(req.prompt), num_candidates(req))
-    except InvalidParameter as exc:
-        if num_candidates(req) > (req.n or 1):  # best_of made it too large: say so
-            exc.param = "best_of"
-        raise
+    best_of_decides = num_candidates(req) > (req.n or 1)  # if too large, best_of made it so: say so
+    check_size(engine, num_prompts(req.prompt), num_candidates(req), "best_of" if best_of_decides else None)
     prompts = completion_prompts(engine, req.prompt, max_tokens=engine.engine.max_seq_tokens)
     return prompts, [completion_params(req, engine, ids) for _, ids in prompts]
+
+
+def check_size(engine: AsyncEngine, prompts: int, n: int, param: str | None = None) -> None:
+    """Refuse a request with more sequences than the waiting queue holds per request, with its
+    own error code (no JSON schema can bound a product of two fields)."""
+    try:
+        engine.check_size(prompts, n)
+    except InvalidParameter as exc:
+        raise bad_request(str(exc), param=param or exc.param, code=TOO_MANY_SEQUENCES) from None
 
 
 def num_candidates(req: CompletionRequest) -> int:
@@ -353,7 +367,7 @@ def completion_params(req: CompletionRequest, engine: AsyncEngine, ids: list[int
     best_of = num_candidates(req) if n >= 1 else n  # n < 1 is refused below, naming n
     if req.stream and best_of > n:
         raise bad_request("'best_of' greater than n cannot be streamed (as in OpenAI's API)",
-                          param="best_of")
+                          param="best_of", code=STREAM_WITH_BEST_OF)
     fields = _common(req, model_vocab(engine))
     if req.logprobs is not None:
         fields["logprobs"] = req.logprobs

@@ -185,6 +185,7 @@ async def test_best_of_above_n_cannot_stream(client):
     async with client:
         r = await client.post("/v1/completions", json={"model": "tiny", **SAMPLED, "best_of": 2, "stream": True})
         assert r.status_code == 400 and r.json()["error"]["param"] == "best_of"
+        assert r.json()["error"]["code"] == "stream_with_best_of"  # listed in the OpenAPI document
         chunks = await stream(client, "/v1/completions", {**SAMPLED, "best_of": 2, "n": 2})
         assert {c["choices"][0]["index"] for c in chunks if c["choices"]} == {0, 1}
 
@@ -198,6 +199,12 @@ async def test_best_of_counts_against_the_waiting_queue(tiny_loaded, tiny_llama)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
             r = await c.post("/v1/completions", json={"model": "tiny", "prompt": "hi", "best_of": 5})
             assert r.status_code == 400 and r.json()["error"]["param"] == "best_of"
+            assert r.json()["error"]["code"] == "too_many_sequences"  # listed in the OpenAPI document
+            r = await c.post("/v1/completions", json={"model": "tiny", "prompt": ["a", "b", "c"], "n": 2})
+            assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_sequences"
+            assert r.json()["error"]["param"] == "n"
+            r = await c.post("/v1/chat/completions", json={"model": "tiny", "messages": MSG, "n": 5})
+            assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_sequences"
             r = await c.post("/v1/completions", json={"model": "tiny", "prompt": "hi", "best_of": 4,
                                                       "max_tokens": 2})
             assert r.status_code == 200, r.text
