@@ -286,3 +286,19 @@ def test_concurrent_calls_from_threads_agree(minilm_embedder):
     assert not errors and len(results) == 3
     for got in results:
         assert torch.equal(got, want)
+
+
+def test_llm_embed_offline(minilm, minilm_embedder):
+    from inferd import LLM
+
+    llm = LLM(model="sentence-transformers/all-MiniLM-L6-v2")
+    outs = llm.embed(["hello world", TEXTS[-1]])
+    want = minilm_embedder.embed(["hello world", TEXTS[-1]])
+    assert [len(o.prompt_token_ids) for o in outs] == want.token_counts == [4, 256]
+    assert torch.equal(torch.tensor([o.outputs.embedding for o in outs]), want.vectors)
+    with pytest.raises(InputTooLongError):
+        llm.embed([TEXTS[-1]], truncate=False)
+    with pytest.raises(ValueError, match="use embed"):
+        llm.generate("hello")
+    with pytest.raises(TypeError, match="kv_cache_memory"):
+        LLM(model="all-minilm-l6-v2", kv_cache_memory=0.1)
