@@ -8,8 +8,10 @@ from dataclasses import replace
 from typing import Any
 
 from inferd.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig, SpeculativeConfig
+from inferd.embedder import Embedder
 from inferd.engine.engine import LLMEngine, PromptInput
-from inferd.outputs import RequestOutput
+from inferd.model.embedding_models import resolve_embedding_model
+from inferd.outputs import EmbeddingOutput, EmbeddingRequestOutput, RequestOutput
 from inferd.sampling_params import SamplingParams
 from inferd.tokenizer import Message
 
@@ -31,16 +33,45 @@ def build_engine_config(model: str, **kwargs: Any) -> EngineConfig:
     return EngineConfig(**parts)
 
 
+# What an embedding model's LLM takes (it has no KV cache, scheduler or sampler to configure).
+_EMBEDDER_KWARGS = ("dtype", "device", "max_batch_tokens", "truncate")
+
+
 class LLM:
     def __init__(self, model: str = "smollm2-135m", **kwargs: Any):
+        self._ids = itertools.count()
+        self.engine: LLMEngine | None = None
+        self.embedder: Embedder | None = None
+        if resolve_embedding_model(model) is not None:  # an encoder: embed() only
+            unknown = sorted(set(kwargs) - set(_EMBEDDER_KWARGS))
+            if unknown:
+                raise TypeError(f"LLM() got keyword arguments an embedding model does not use: "
+                                f"{unknown} (it takes {', '.join(_EMBEDDER_KWARGS)})")
+            self.embedder = Embedder.from_path(model, **kwargs)
+            self.tokenizer = self.embedder.tokenizer
+            return
         self.engine = LLMEngine(build_engine_config(model, **kwargs))
         self.tokenizer = self.engine.tokenizer
-        self._ids = itertools.count()
+
+    def embed(self, prompts: str | Seq[int] | Seq[str | Seq[int]], dimensions: int | None = None,
+              truncate: bool | None = None) -> list[EmbeddingRequestOutput]:
+        """One vector per prompt, in prompt order (vLLM's `LLM.embed`). `truncate` None keeps the
+        model's default (cut to max_seq_length, as sentence-transformers does); False refuses
+        longer inputs with a ValueError."""
+        if self.embedder is None:
+            raise ValueError("this model generates text; embed() needs an embedding model "
+                             "(e.g. LLM(model='all-minilm-l6-v2'))")
+        ids = self.embedder.tokenize(prompts, truncate)
+        vectors = self.embedder.embed(ids, dimensions=dimensions).vectors
+        return [EmbeddingRequestOutput(str(next(self._ids)), seq, EmbeddingOutput(vec.tolist()))
+                for seq, vec in zip(ids, vectors, strict=True)]
 
     def generate(self, prompts: PromptInput | Seq[PromptInput],
                  sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
                  use_tqdm: bool = False) -> list[RequestOutput]:
         """Run every prompt to completion, batched; results come back in prompt order."""
+        if self.engine is None:
+            raise ValueError("this is an embedding model; use embed(), not generate()/chat()")
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]  # one string or one list of token ids
         params = sampling_params or SamplingParams()
@@ -64,6 +95,8 @@ class LLM:
     def chat(self, messages: list[Message] | list[list[Message]],
              sampling_params: SamplingParams | None = None) -> list[RequestOutput]:
         """Apply the model's chat template to one conversation or a list of them, then generate."""
+        if self.engine is None:
+            raise ValueError("this is an embedding model; use embed(), not generate()/chat()")
         convs = [messages] if messages and isinstance(messages[0], dict) else messages
         prompts = [self.tokenizer.encode_chat(c) for c in convs]
         return self.generate(prompts, sampling_params)

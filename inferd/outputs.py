@@ -40,3 +40,20 @@ class RequestOutput:
     finished: bool = False
     prompt_logprobs: list[TokenLogprobs | None] | None = None
     num_cached_tokens: int = 0
+
+
+@dataclass
+class EmbeddingOutput:
+    """One input's vector (vLLM's `EmbeddingOutput`)."""
+
+    embedding: list[float]
+
+
+@dataclass
+class EmbeddingRequestOutput:
+    """An embedded input: the token ids it was embedded with (after truncation) and its vector."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    outputs: EmbeddingOutput
+    finished: bool = True
