@@ -76,32 +76,65 @@ def apply_penalties_and_masks(logits: torch.Tensor, seqs: list[Sequence],
     return out
 
 
+# Top-p rows look at this many highest logits first: a real model's nucleus almost always lies
+# inside them, and topk over them costs a fraction of sorting the vocabulary (64 rows x 49k:
+# 17 vs 276 ms here; Gemma's 262k vocabulary is 5x worse). A row whose nucleus is wider falls
+# back to the full sort, so the result never depends on this number.
+TOP_P_CANDIDATES = 256
+
+
 def filter_logits(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-    """Temperature, top-k, top-p and min-p for the non-greedy rows; returns log-space scores."""
+    """Temperature, top-k, top-p and min-p for the non-greedy rows; returns log-space scores.
+
+    Top-p measures mass after top-k has cut the rest, as transformers' warpers and vLLM do.
+    """
     temps = torch.tensor([max(s.params.temperature, 1e-5) for s in seqs], device=logits.device)
     x = logits / temps[:, None]
-    need_sort = [i for i, s in enumerate(seqs) if s.params.top_k > 0 or s.params.top_p < 1.0]
-    if need_sort:
-        rows = torch.tensor(need_sort, device=x.device)
-        sub = x[rows]
-        sorted_vals, sorted_idx = sub.sort(dim=-1, descending=True)
-        vocab = sub.shape[-1]
-        ks = torch.tensor([seqs[i].params.top_k or vocab for i in need_sort], device=x.device)
-        ps = torch.tensor([seqs[i].params.top_p for i in need_sort], device=x.device)
-        ranks = torch.arange(vocab, device=x.device)[None, :]
-        drop = ranks >= ks[:, None]
-        probs = sorted_vals.softmax(dim=-1)
-        drop |= (probs.cumsum(dim=-1) - probs) > ps[:, None]
-        drop[:, 0] = False  # the top token always survives
-        sorted_vals = sorted_vals.masked_fill(drop, float("-inf"))
-        sub = torch.empty_like(sub).scatter_(1, sorted_idx, sorted_vals)
-        x[rows] = sub
+    need_cut = [i for i, s in enumerate(seqs) if s.params.top_k > 0 or s.params.top_p < 1.0]
+    if need_cut:
+        rows = torch.tensor(need_cut, device=x.device)
+        x[rows] = _top_k_top_p(x[rows], [seqs[i].params.top_k for i in need_cut],
+                               [seqs[i].params.top_p for i in need_cut])
     min_ps = [s.params.min_p for s in seqs]
     if any(min_ps):
-        mp = torch.tensor(min_ps, device=x.device)
-        probs = x.softmax(dim=-1)
-        x = x.masked_fill(probs < mp[:, None] * probs.max(dim=-1, keepdim=True).values, float("-inf"))
+        # probs < min_p * max_prob, in logit space: no softmax over the vocabulary.
+        floor = x.max(dim=-1, keepdim=True).values + torch.tensor(min_ps, device=x.device).log()[:, None]
+        x = x.masked_fill(x < floor, float("-inf"))
     return x
+
+
+def _top_k_top_p(x: torch.Tensor, ks: list[int], ps: list[float],
+                 candidates: int = TOP_P_CANDIDATES) -> torch.Tensor:
+    """Rows of x with everything outside each row's top-k, then its top-p nucleus, set to -inf.
+
+    ks: 0 = no top-k; ps: 1.0 = no top-p. Works on the `c` highest logits of each row (c covers
+    every row's k, and `candidates` for rows with top-p alone); rows whose nucleus reaches past
+    them are redone over the whole vocabulary.
+    """
+    vocab = x.shape[-1]
+    k_eff = [k if 0 < k < vocab else vocab for k in ks]
+    c = max([k for k in k_eff if k < vocab] + [candidates if vocab in k_eff else 0])
+    c = min(vocab, max(c, 1))
+    vals, idx = x.topk(c, dim=-1)  # sorted, highest first
+    k_t = torch.tensor(k_eff, device=x.device)
+    p_t = torch.tensor([p if p < 1.0 else float("inf") for p in ps], device=x.device)
+    drop = torch.arange(c, device=x.device)[None, :] >= k_t[:, None]
+    kept = vals.masked_fill(drop, float("-inf"))
+    # Probabilities over what top-k kept: the candidates' own sum where top-k cut the row, the
+    # whole vocabulary's where it did not.
+    whole = (k_t >= vocab)[:, None]
+    lse = torch.where(whole, x.logsumexp(dim=-1, keepdim=True), kept.logsumexp(dim=-1, keepdim=True))
+    probs = (kept - lse).exp()
+    mass = probs.cumsum(dim=-1)
+    drop |= (mass - probs) >= p_t[:, None]  # the tokens before it already hold p of the mass
+    drop[:, 0] = False  # the top token always survives
+    out = torch.full_like(x, float("-inf")).scatter_(1, idx, vals.masked_fill(drop, float("-inf")))
+    if c < vocab:
+        wider = ((k_t >= vocab) & (p_t < float("inf")) & (mass[:, -1] < p_t)).nonzero().flatten().tolist()
+        if wider:  # the nucleus reaches past the candidates: redo those rows over the vocabulary
+            redo = torch.tensor(wider, device=x.device)
+            out[redo] = _top_k_top_p(x[redo], [0] * len(wider), [ps[i] for i in wider], vocab)
+    return out
 
 
 def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: frozenset[int]) -> SampleResult:
