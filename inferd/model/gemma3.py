@@ -3,7 +3,7 @@
 What differs from Llama, each as HF Gemma3ForCausalLM computes it: (1 + w) RMSNorms, also on the
 attention and MLP outputs; qk-norm; a tanh-gelu MLP; sqrt(hidden) embedding scale; attention
 scaled by query_pre_attn_scalar; sliding layers with their own rope base (10000) and global layers
-with the file's base and rope scaling; optional soft-capping of attention scores and final logits.
+with the file's base and rope scaling; final-logit soft-capping where the config sets it.
 """
 
 from __future__ import annotations
@@ -146,7 +146,9 @@ class Gemma3ForCausalLM(DecoderForCausalLM):
         layers = []
         for i in range(cfg.num_layers):
             window = cfg.layer_window(i)
-            attn = Attention(cfg, window=window, scale=scale, qk_norm=OffsetRMSNorm, softcap=cfg.attn_logit_softcap)
+            # Gemma 3 configs carry attn_logit_softcapping, but neither HF's Gemma 3 nor llama.cpp's
+            # applies it (Gemma 2 did): the reference wins, so no cap here.
+            attn = Attention(cfg, window=window, scale=scale, qk_norm=OffsetRMSNorm)
             layers.append(Gemma3DecoderLayer(cfg, attn, self.make_mlp(cfg, i),
                                              "local" if window is not None else "global"))
         return layers
