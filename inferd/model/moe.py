@@ -57,7 +57,7 @@ class MoeConfig:
                        cfg["num_experts_per_tok"], norm_topk_prob=True)
         if model_type in ("qwen2_moe", "qwen3_moe"):
             shared = cfg.get("shared_expert_intermediate_size", 0) if model_type == "qwen2_moe" else 0
-            return cls(model_type, cfg["hidden_size"], cfg["moe_intermediate_size"], cfg["num_experts"],
+            return cls(model_type, cfg["hidden_size"], cfg["moe_intermediate_size"], _num_experts(cfg),
                        cfg["num_experts_per_tok"], bool(cfg.get("norm_topk_prob", False)), int(shared or 0))
         raise ValueError(f"unsupported MoE model_type {model_type!r}; inferd implements {MOE_MODEL_TYPES}")
 
@@ -83,6 +83,12 @@ class MoeConfig:
                    need("expert_used_count"), norm, shared)
 
 
+def _num_experts(cfg: Mapping[str, Any]) -> int:
+    """Expert count; transformers 5 saves Qwen-MoE's `num_experts` as `num_local_experts` (an
+    attribute alias), older configs and hub files say `num_experts`."""
+    return int(cfg.get("num_experts") or cfg.get("num_local_experts") or 0)
+
+
 def is_moe_layer(cfg: Mapping[str, Any], layer_idx: int) -> bool:
     """Whether HF config `cfg` puts a sparse block (not a dense MLP) in layer `layer_idx`,
     following Qwen-MoE's `mlp_only_layers` / `decoder_sparse_step` (Mixtral: every layer)."""
@@ -90,7 +96,7 @@ def is_moe_layer(cfg: Mapping[str, Any], layer_idx: int) -> bool:
         return True
     step = int(cfg.get("decoder_sparse_step", 1) or 1)
     return (layer_idx not in (cfg.get("mlp_only_layers") or [])
-            and int(cfg.get("num_experts", 0)) > 0 and (layer_idx + 1) % step == 0)
+            and _num_experts(cfg) > 0 and (layer_idx + 1) % step == 0)
 
 
 class RouterLinear(nn.Module):
