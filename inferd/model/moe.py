@@ -317,5 +317,6 @@ def moe_blocks(model: nn.Module) -> Iterator[SparseMoeBlock]:
 def expert_token_totals(model: nn.Module) -> dict[int, list[int]]:
     """{layer_idx: [tokens routed to expert 0, 1, ...]} for every MoE block in `model`, since build
     or `reset_expert_tokens`: what `inferd_moe_expert_tokens_total{layer,expert}` exports. Reads
-    the counters only (one small copy per layer); call it from the thread that runs the model."""
+    the counters only (one small copy per layer); the server's /metrics reads them from its own
+    thread, which is safe for monotonic int64 counters on CPU."""
     return {block.layer_idx: block.expert_tokens.tolist() for block in moe_blocks(model)}
