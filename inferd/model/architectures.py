@@ -2,8 +2,9 @@
 
 HF config.json `architectures` entries and GGUF `general.architecture` values both map in, to a
 canonical name (what ArchConfig.architecture holds) and the class that runs it. Adding an
-architecture is one file composing `layers.py` plus one `_register` line here. An MoE model
-registers the same way, with a class whose `make_mlp` builds inferd/model/moe.py's block.
+architecture is one file composing `layers.py` plus one `_register` line here. MoE models
+(moe_models.py: Mixtral, Qwen2-MoE, Qwen3-MoE) register the same way; their layers hold
+inferd/model/moe.py's block where the config puts experts.
 """
 
 from __future__ import annotations

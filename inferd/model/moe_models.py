@@ -58,12 +58,13 @@ class MoeModelMixin:
     model: nn.Module
     config: ArchConfig
     qk_norm: type[RMSNorm] | None = None
+    make_mlp = staticmethod(moe_or_dense_mlp)
 
     def build_layers(self, cfg: ArchConfig) -> list[nn.Module]:
         if cfg.moe is None:
             raise ValueError(f"{cfg.architecture}: the config describes no experts")
         return [MoeDecoderLayer(cfg, Attention(cfg, window=cfg.layer_window(i), qk_norm=self.qk_norm),
-                                moe_or_dense_mlp(cfg, i))
+                                self.make_mlp(cfg, i))
                 for i in range(cfg.num_layers)]
 
     def load_own_modules(self, tensors: dict[str, torch.Tensor]) -> set[str]:
