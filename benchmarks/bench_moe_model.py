@@ -59,8 +59,9 @@ def make_checkpoint(out: Path, args: argparse.Namespace) -> Path:
     return out
 
 
-def per_token_experts(self: moe.SparseMoeBlock, x, weights, experts, counted_rows):
+def per_token_experts(self: moe.SparseMoeBlock, x, weights, experts):
     """The loop grouping avoids: every token, every chosen expert, one call each."""
+    self.expert_tokens += torch.bincount(experts.reshape(-1), minlength=self.config.num_experts)
     out = torch.zeros_like(x)
     for t, (ws, es) in enumerate(zip(weights.tolist(), experts.tolist(), strict=True)):
         for w, e in zip(ws, es, strict=True):

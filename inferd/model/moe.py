@@ -180,22 +180,26 @@ class SparseMoeBlock(nn.Module):
         return weights, experts
 
     def forward(self, x: torch.Tensor, counted_rows: int | None = None) -> torch.Tensor:
-        """`counted_rows`: only the first rows are real tokens for the expert counter (a runner's
-        padding rows are routed like any row but not counted); None counts every row."""
+        """`counted_rows`: only the first rows are real tokens; the rest are a runner's padding
+        rows (there to keep dense GEMMs on one kernel), which are neither routed nor counted and
+        get no routed-expert output: each would otherwise pull in up to top_k experts' weights
+        (a 1-token decode padded to 4 rows read 4x the experts). None: every row is real."""
         shape = x.shape
         x = x.reshape(-1, self.config.hidden_size)
-        weights, experts = self.route(x)
-        out = self._run_experts(x, weights, experts, counted_rows)
+        real = x if counted_rows is None or counted_rows >= x.shape[0] else x[:max(counted_rows, 0)]
+        weights, experts = self.route(real)
+        out = self._run_experts(real, weights, experts)
+        if real.shape[0] < x.shape[0]:
+            out = torch.cat([out, out.new_zeros(x.shape[0] - real.shape[0], x.shape[1])])
         if self.shared_expert is not None and self.shared_expert_gate is not None:
             # transformers' order: shared output scaled by its sigmoid gate, then added.
             out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         return out.reshape(shape)
 
-    def _run_experts(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor,
-                     counted_rows: int | None) -> torch.Tensor:
-        """Grouped dispatch. Rows are sorted by expert and added back in that order, so each token
-        sums its experts' outputs in ascending expert order into zeros, as transformers'
-        per-expert loop does."""
+    def _run_experts(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """Grouped dispatch (and the count of tokens per expert). Rows are sorted by expert and
+        added back in that order, so each token sums its experts' outputs in ascending expert
+        order into zeros, as transformers' per-expert loop does."""
         out = torch.zeros_like(x)
         if x.shape[0] == 0:
             return out
@@ -206,11 +210,7 @@ class SparseMoeBlock(nn.Module):
         flat = experts.t().reshape(-1)
         order = flat.argsort(stable=True)
         counts = torch.bincount(flat, minlength=self.config.num_experts)
-        if counted_rows is None or counted_rows >= x.shape[0]:
-            self.expert_tokens += counts
-        elif counted_rows > 0:
-            self.expert_tokens += torch.bincount(experts[:counted_rows].reshape(-1),
-                                                 minlength=self.config.num_experts)
+        self.expert_tokens += counts
         token_of = order % tokens  # source row of each sorted slot
         rows = x.index_select(0, token_of)
         parts: list[torch.Tensor] = []
