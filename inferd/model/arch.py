@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from inferd.model.moe import MOE_MODEL_TYPES, MoeConfig, is_moe_layer
+
 
 @dataclass(frozen=True)
 class ArchConfig:
@@ -37,6 +39,8 @@ class ArchConfig:
     final_logit_softcap: float | None = None
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    moe: MoeConfig | None = None  # mixture-of-experts models: the sparse block's shape
+    moe_layers: tuple[int, ...] = ()  # the layers whose MLP is that block (the rest are dense)
 
     @property
     def q_size(self) -> int:
@@ -62,12 +66,14 @@ class ArchConfig:
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
         rope_theta, rope_scaling, local_theta = _hf_rope(cfg)
         window, sliding_layers = _hf_sliding(cfg, arch)
+        moe = MoeConfig.from_hf_config(cfg) if cfg.get("model_type") in MOE_MODEL_TYPES else None
+        layers = cfg["num_hidden_layers"]
         return cls(
             architecture=arch,
             vocab_size=cfg["vocab_size"],
             hidden_size=hidden,
             intermediate_size=cfg["intermediate_size"],
-            num_layers=cfg["num_hidden_layers"],
+            num_layers=layers,
             num_heads=heads,
             num_kv_heads=cfg.get("num_key_value_heads") or heads,
             head_dim=cfg.get("head_dim") or hidden // heads,
@@ -76,7 +82,8 @@ class ArchConfig:
             rope_scaling=rope_scaling,
             max_position_embeddings=cfg.get("max_position_embeddings", 2048),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            attention_bias=bool(cfg.get("attention_bias", arch == "qwen2")),
+            # Qwen2-MoE names its q/k/v bias `qkv_bias`.
+            attention_bias=bool(cfg.get("attention_bias", cfg.get("qkv_bias", arch == "qwen2"))),
             mlp_bias=bool(cfg.get("mlp_bias", False)),
             sliding_window=window,
             sliding_layers=sliding_layers,
@@ -87,6 +94,8 @@ class ArchConfig:
             final_logit_softcap=cfg.get("final_logit_softcapping"),
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=eos_ids,
+            moe=moe,
+            moe_layers=tuple(i for i in range(layers) if is_moe_layer(cfg, i)) if moe else (),
         )
 
 
@@ -118,7 +127,7 @@ def _hf_sliding(cfg: dict[str, Any], arch: str) -> tuple[int | None, tuple[int, 
                  for i in range(cfg["num_hidden_layers"])]
     use = cfg.get("use_sliding_window")
     if use is None:
-        use = arch in ("mistral", "gemma3") or "sliding_attention" in (types or ())
+        use = arch in ("mistral", "mixtral", "gemma3") or "sliding_attention" in (types or ())
     if not use or not window:
         return None, None
     if not types or all(t == "sliding_attention" for t in types):

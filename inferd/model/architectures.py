@@ -2,8 +2,9 @@
 
 HF config.json `architectures` entries and GGUF `general.architecture` values both map in, to a
 canonical name (what ArchConfig.architecture holds) and the class that runs it. Adding an
-architecture is one file composing `layers.py` plus one `_register` line here. An MoE model
-registers the same way, with a class whose `make_mlp` builds inferd/model/moe.py's block.
+architecture is one file composing `layers.py` plus one `_register` line here. MoE models
+(moe_models.py: Mixtral, Qwen2-MoE, Qwen3-MoE) register the same way; their layers hold
+inferd/model/moe.py's block where the config puts experts.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from dataclasses import dataclass
 from inferd.model.decoder import DecoderForCausalLM
 from inferd.model.gemma3 import Gemma3ForCausalLM
 from inferd.model.llama import LlamaForCausalLM, Qwen2ForCausalLM
+from inferd.model.moe_models import MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM
 from inferd.model.qwen3 import Qwen3ForCausalLM
 
 
 @dataclass(frozen=True)
 class Architecture:
-    name: str  # canonical: the GGUF `general.architecture` value
+    name: str  # canonical: the GGUF `general.architecture` value (Mixtral: GGUF says `llama`)
     model_class: type[DecoderForCausalLM]
 
 
@@ -36,6 +38,12 @@ _register("mistral", LlamaForCausalLM, "MistralForCausalLM")
 _register("qwen2", Qwen2ForCausalLM, "Qwen2ForCausalLM")
 _register("qwen3", Qwen3ForCausalLM, "Qwen3ForCausalLM")
 _register("gemma3", Gemma3ForCausalLM, "Gemma3ForCausalLM")
+_register("mixtral", MixtralForCausalLM, "MixtralForCausalLM")
+_register("qwen2moe", Qwen2MoeForCausalLM, "Qwen2MoeForCausalLM")
+_register("qwen3moe", Qwen3MoeForCausalLM, "Qwen3MoeForCausalLM")
+# A GGUF architecture with experts -> the canonical name of its MoE model (llama.cpp writes
+# Mixtral as `llama` and tells it apart only by `llama.expert_count`).
+_GGUF_WITH_EXPERTS = {"llama": "mixtral", "qwen2moe": "qwen2moe", "qwen3moe": "qwen3moe"}
 
 
 def supported_names() -> list[str]:
@@ -46,3 +54,10 @@ def supported_names() -> list[str]:
 def lookup(names: list[str]) -> Architecture | None:
     """The first of `names` (HF `architectures` entries, or a GGUF architecture) inferd runs."""
     return next((ARCHITECTURES[n] for n in names if n in ARCHITECTURES), None)
+
+
+def lookup_gguf(name: str, expert_count: int) -> Architecture | None:
+    """The model for a GGUF `general.architecture`, given its `{name}.expert_count` (0: none)."""
+    if expert_count > 0 and name in _GGUF_WITH_EXPERTS:
+        return ARCHITECTURES[_GGUF_WITH_EXPERTS[name]]
+    return ARCHITECTURES.get(name)

@@ -130,11 +130,16 @@ class DecoderForCausalLM(nn.Module):
             logits = torch.tanh(logits / cap) * cap
         return logits
 
+    def load_own_modules(self, tensors: dict[str, torch.Tensor]) -> set[str]:
+        """Load the modules that load their own weights (an MoE block: its checkpoint names vary
+        by format), popping their tensors from `tensors`; return the parameter names filled."""
+        return set()
+
     @torch.no_grad()
     def load_hf_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         """Copy HF-named tensors in, fusing q/k/v and gate/up; every parameter must be provided."""
         own = dict(self.named_parameters())
-        filled: set[str] = set()
+        filled = self.load_own_modules(tensors)
 
         def put(name: str, value: torch.Tensor) -> None:
             param = own[name]

@@ -7,6 +7,7 @@ we undo that so one model implementation (HF's rotate-half layout) serves every 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,11 @@ import numpy as np
 import torch
 
 from inferd.model.arch import ArchConfig
-from inferd.model.architectures import ARCHITECTURES, Architecture, lookup
+from inferd.model.architectures import ARCHITECTURES, Architecture, lookup_gguf
 from inferd.model.decoder import GGUF_GLOBAL_NAMES
 from inferd.model.errors import ModelLoadError
 from inferd.model.gguf_reader import GGUFFile
+from inferd.model.moe import MoeConfig
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ def hf_name(gguf_name: str, layer_names: dict[str, str]) -> str | None:
 
 def architecture_of(reader: GGUFFile, path: Path) -> Architecture:
     name = field_value(reader, "general.architecture")
-    entry = lookup([name])
+    entry = lookup_gguf(name, int(field_value(reader, f"{name}.expert_count", 0) or 0))
     if entry is None:
         known = sorted(k for k in ARCHITECTURES if not k[0].isupper())
         raise ModelLoadError(str(path), f"unsupported architecture {name!r}; inferd implements {', '.join(known)}")
@@ -56,7 +58,7 @@ def arch_from_gguf(reader, path: Path) -> ArchConfig:
     """The file's shape from its metadata; what llama.cpp hard-codes per architecture instead of
     storing (Gemma 3's layer pattern, say) comes from the model class's `adapt_gguf_config`."""
     entry = architecture_of(reader, path)
-    arch = entry.name
+    arch = field_value(reader, "general.architecture")  # the metadata keys' prefix
 
     def need(key: str) -> Any:
         value = field_value(reader, f"{arch}.{key}")
@@ -107,7 +109,22 @@ def arch_from_gguf(reader, path: Path) -> ArchConfig:
         bos_token_id=field_value(reader, "tokenizer.ggml.bos_token_id"),
         eos_token_ids=(int(eos),) if eos is not None else (),
     )
+    if field_value(reader, f"{arch}.expert_count"):
+        cfg = _with_experts(cfg, reader, arch, path)
+    cfg = replace(cfg, architecture=entry.name)
     return entry.model_class.adapt_gguf_config(cfg, lambda key, default=None: field_value(reader, key, default))
+
+
+def _with_experts(cfg: ArchConfig, reader: GGUFFile, arch: str, path: Path) -> ArchConfig:
+    """Add the MoE block's shape; the sparse layers are those with a router tensor (llama.cpp
+    writes no `mlp_only_layers`: a dense layer simply has ffn_gate/ffn_up/ffn_down instead)."""
+    try:
+        moe = MoeConfig.from_gguf_metadata(reader.fields, arch)
+    except ValueError as exc:
+        raise ModelLoadError(str(path), str(exc)) from None
+    layers = sorted(int(t.name.split(".")[1]) for t in reader.tensors
+                    if t.name.startswith("blk.") and t.name.endswith(".ffn_gate_inp.weight"))
+    return replace(cfg, moe=moe, moe_layers=tuple(layers))
 
 
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:

@@ -189,7 +189,12 @@ class PreNormDecoderLayer(nn.Module):
             x, residual = self.input_layernorm.add_forward(x, residual, fused)
         x = self.self_attn(rope, x, kv_cache, meta, fused)
         x, residual = self.post_attention_layernorm.add_forward(x, residual, fused)
-        return self.mlp(x, fused), residual
+        return self.mlp_forward(x, meta, fused), residual
+
+    def mlp_forward(self, x: torch.Tensor, meta: AttentionMetadata, fused: bool) -> torch.Tensor:
+        """The MLP over the step's rows; an MoE layer overrides it to tell its block which rows are
+        real tokens (the runner's padding rows must not count as routed tokens)."""
+        return self.mlp(x, fused)
 
     def native_structure(self) -> LayerStructure:
         """What this layer computes, in the terms the native CPU stack checks."""

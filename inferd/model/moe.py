@@ -57,7 +57,7 @@ class MoeConfig:
                        cfg["num_experts_per_tok"], norm_topk_prob=True)
         if model_type in ("qwen2_moe", "qwen3_moe"):
             shared = cfg.get("shared_expert_intermediate_size", 0) if model_type == "qwen2_moe" else 0
-            return cls(model_type, cfg["hidden_size"], cfg["moe_intermediate_size"], cfg["num_experts"],
+            return cls(model_type, cfg["hidden_size"], cfg["moe_intermediate_size"], _num_experts(cfg),
                        cfg["num_experts_per_tok"], bool(cfg.get("norm_topk_prob", False)), int(shared or 0))
         raise ValueError(f"unsupported MoE model_type {model_type!r}; inferd implements {MOE_MODEL_TYPES}")
 
@@ -83,6 +83,12 @@ class MoeConfig:
                    need("expert_used_count"), norm, shared)
 
 
+def _num_experts(cfg: Mapping[str, Any]) -> int:
+    """Expert count; transformers 5 saves Qwen-MoE's `num_experts` as `num_local_experts` (an
+    attribute alias), older configs and hub files say `num_experts`."""
+    return int(cfg.get("num_experts") or cfg.get("num_local_experts") or 0)
+
+
 def is_moe_layer(cfg: Mapping[str, Any], layer_idx: int) -> bool:
     """Whether HF config `cfg` puts a sparse block (not a dense MLP) in layer `layer_idx`,
     following Qwen-MoE's `mlp_only_layers` / `decoder_sparse_step` (Mixtral: every layer)."""
@@ -90,7 +96,7 @@ def is_moe_layer(cfg: Mapping[str, Any], layer_idx: int) -> bool:
         return True
     step = int(cfg.get("decoder_sparse_step", 1) or 1)
     return (layer_idx not in (cfg.get("mlp_only_layers") or [])
-            and int(cfg.get("num_experts", 0)) > 0 and (layer_idx + 1) % step == 0)
+            and _num_experts(cfg) > 0 and (layer_idx + 1) % step == 0)
 
 
 class RouterLinear(nn.Module):
@@ -174,22 +180,26 @@ class SparseMoeBlock(nn.Module):
         return weights, experts
 
     def forward(self, x: torch.Tensor, counted_rows: int | None = None) -> torch.Tensor:
-        """`counted_rows`: only the first rows are real tokens for the expert counter (a runner's
-        padding rows are routed like any row but not counted); None counts every row."""
+        """`counted_rows`: only the first rows are real tokens; the rest are a runner's padding
+        rows (there to keep dense GEMMs on one kernel), which are neither routed nor counted and
+        get no routed-expert output: each would otherwise pull in up to top_k experts' weights
+        (a 1-token decode padded to 4 rows read 4x the experts). None: every row is real."""
         shape = x.shape
         x = x.reshape(-1, self.config.hidden_size)
-        weights, experts = self.route(x)
-        out = self._run_experts(x, weights, experts, counted_rows)
+        real = x if counted_rows is None or counted_rows >= x.shape[0] else x[:max(counted_rows, 0)]
+        weights, experts = self.route(real)
+        out = self._run_experts(real, weights, experts)
+        if real.shape[0] < x.shape[0]:
+            out = torch.cat([out, out.new_zeros(x.shape[0] - real.shape[0], x.shape[1])])
         if self.shared_expert is not None and self.shared_expert_gate is not None:
             # transformers' order: shared output scaled by its sigmoid gate, then added.
             out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         return out.reshape(shape)
 
-    def _run_experts(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor,
-                     counted_rows: int | None) -> torch.Tensor:
-        """Grouped dispatch. Rows are sorted by expert and added back in that order, so each token
-        sums its experts' outputs in ascending expert order into zeros, as transformers'
-        per-expert loop does."""
+    def _run_experts(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """Grouped dispatch (and the count of tokens per expert). Rows are sorted by expert and
+        added back in that order, so each token sums its experts' outputs in ascending expert
+        order into zeros, as transformers' per-expert loop does."""
         out = torch.zeros_like(x)
         if x.shape[0] == 0:
             return out
@@ -200,11 +210,7 @@ class SparseMoeBlock(nn.Module):
         flat = experts.t().reshape(-1)
         order = flat.argsort(stable=True)
         counts = torch.bincount(flat, minlength=self.config.num_experts)
-        if counted_rows is None or counted_rows >= x.shape[0]:
-            self.expert_tokens += counts
-        elif counted_rows > 0:
-            self.expert_tokens += torch.bincount(experts[:counted_rows].reshape(-1),
-                                                 minlength=self.config.num_experts)
+        self.expert_tokens += counts
         token_of = order % tokens  # source row of each sorted slot
         rows = x.index_select(0, token_of)
         parts: list[torch.Tensor] = []
@@ -311,5 +317,6 @@ def moe_blocks(model: nn.Module) -> Iterator[SparseMoeBlock]:
 def expert_token_totals(model: nn.Module) -> dict[int, list[int]]:
     """{layer_idx: [tokens routed to expert 0, 1, ...]} for every MoE block in `model`, since build
     or `reset_expert_tokens`: what `inferd_moe_expert_tokens_total{layer,expert}` exports. Reads
-    the counters only (one small copy per layer); call it from the thread that runs the model."""
+    the counters only (one small copy per layer); the server's /metrics reads them from its own
+    thread, which is safe for monotonic int64 counters on CPU."""
     return {block.layer_idx: block.expert_tokens.tolist() for block in moe_blocks(model)}

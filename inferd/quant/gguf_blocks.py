@@ -16,7 +16,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from inferd.quant.formats import Int4Weight, Int8Weight
 from inferd.quant.registry import SUPPORTED_GGUF_TYPES, gguf_block_format
 
-__all__ = ["SUPPORTED_GGUF_TYPES", "from_gguf_blocks"]
+__all__ = ["SUPPORTED_GGUF_TYPES", "from_gguf_blocks", "from_gguf_expert_blocks"]
 
 
 def _blocks(raw: np.ndarray, qtype: GGMLQuantizationType, shape: Sequence[int]) -> np.ndarray:
@@ -53,3 +53,20 @@ def from_gguf_blocks(raw: np.ndarray, qtype: GGMLQuantizationType | int,
         names = ", ".join(t.name for t in SUPPORTED_GGUF_TYPES)
         raise ValueError(f"GGUF type {qtype.name} has no lossless inferd format; supported: {names}")
     return entry.decode(_blocks(raw, qtype, shape))
+
+
+def from_gguf_expert_blocks(raw: np.ndarray, qtype: GGMLQuantizationType | int, shape: Sequence[int],
+                            expert: int) -> Int8Weight | Int4Weight:
+    """Convert one expert of a 3-D GGUF expert stack (`ffn_{gate,up,down}_exps`, torch-order
+    `shape` [experts, out_features, in_features]), losslessly.
+
+    Quantization blocks run along a row and never span rows, so expert e's weight is exactly the
+    rows e * out .. (e + 1) * out of the stack: a view of the file, no re-quantization.
+    """
+    if len(shape) != 3:
+        raise ValueError(f"expected a 3-D (experts, out_features, in_features) shape, got {tuple(shape)}")
+    experts, n, k = (int(s) for s in shape)
+    if not 0 <= expert < experts:
+        raise ValueError(f"expert {expert} out of range for {experts} experts")
+    rows = np.ascontiguousarray(raw).view(np.uint8).reshape(experts * n, -1)
+    return from_gguf_blocks(rows[expert * n:(expert + 1) * n], qtype, (n, k))

@@ -9,17 +9,18 @@ weight, said in one log line.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
 from gguf import GGMLQuantizationType
 
 from inferd.model.arch import ArchConfig
-from inferd.model.gguf_reader import GGUFFile
+from inferd.model.gguf_reader import GGUFFile, GGUFTensor
 from inferd.quant.apply import QuantReport, _set_module, _tied_table
 from inferd.quant.formats import Int4Weight, Int8Weight
 from inferd.quant.fused_format import concat_exact
-from inferd.quant.gguf_blocks import from_gguf_blocks
+from inferd.quant.gguf_blocks import from_gguf_blocks, from_gguf_expert_blocks
 from inferd.quant.linear import Int8Linear, QuantLinear, linear_from_quantized
 from inferd.quant.registry import SUPPORTED_GGUF_TYPES, gguf_block_format
 
@@ -32,6 +33,9 @@ _FUSED = {
     "mlp.gate_up_proj": ("ffn_gate", "ffn_up"),
     "mlp.down_proj": ("ffn_down",),
 }
+# An MoE expert's modules -> its rows of the 3-D stacks; the shared expert's -> its 2-D tensors.
+_EXPERT_FUSED = {"gate_up_proj": ("ffn_gate_exps", "ffn_up_exps"), "down_proj": ("ffn_down_exps",)}
+_SHARED_FUSED = {"gate_up_proj": ("ffn_gate_shexp", "ffn_up_shexp"), "down_proj": ("ffn_down_shexp",)}
 
 
 def _unpermute_rows(t: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -65,43 +69,31 @@ def _log_kept(report: QuantReport) -> None:
 
 def keep_gguf_blocks(model: torch.nn.Module, reader: GGUFFile, arch: ArchConfig,
                      head: bool = False) -> QuantReport:
-    """Replace fused linears by block-exact quantized modules where the file allows it; with
-    `head`, the output head too, from the file's own `output` tensor (or, tied, `token_embd`):
-    the configuration llama.cpp runs the file in."""
+    """Replace fused linears by block-exact quantized modules where the file allows it (an MoE
+    layer's experts too, one module per expert sliced from the 3-D stacks); with `head`, the
+    output head too, from the file's own `output` tensor (or, tied, `token_embd`): the
+    configuration llama.cpp runs the file in."""
     tensors = {t.name: t for t in reader.tensors}
     report = QuantReport("gguf")
-    supported = {int(t) for t in SUPPORTED_GGUF_TYPES}
     layouts: dict[str, set[str]] = {}  # GGUF type -> how it is held, for the log
     device = next(model.parameters()).device
+    permuted = arch.architecture in ("llama", "mistral", "mixtral")
+    moe_layers = set(getattr(arch, "moe_layers", ()))
     for i in range(arch.num_layers):
         for module_name, parts in _FUSED.items():
-            name = f"model.layers.{i}.{module_name}"
-            raw = [tensors.get(f"blk.{i}.{p}.weight") for p in parts]
-            if any(t is None or t.ggml_type not in supported for t in raw):
-                kinds = {GGMLQuantizationType(t.ggml_type).name for t in raw if t is not None}
-                report.skipped[name] = f"GGUF type {'/'.join(sorted(kinds))} has no block-exact format"
+            if i in moe_layers and module_name.startswith("mlp."):
                 continue
-            weights = []
-            for part, t in zip(parts, raw, strict=True):
+
+            def decode(part: str, t: GGUFTensor) -> Int8Weight | Int4Weight:
                 w = from_gguf_blocks(t.data, t.ggml_type, t.shape)
-                if arch.architecture in ("llama", "mistral") and part in ("attn_q", "attn_k"):
+                if permuted and part in ("attn_q", "attn_k"):
                     w = _row_permuted(w, arch.num_heads if part == "attn_q" else arch.num_kv_heads)
-                weights.append(w)
-            fused = concat_exact(weights)
-            if fused is None:
-                report.skipped[name] = "parts use block formats no one exact format holds together"
-                continue
-            old = model.get_submodule(name)
-            new = _module(fused, old.bias, device, name, report)
-            if new is None:
-                continue
-            for t in raw:
-                qtype = GGMLQuantizationType(t.ggml_type).name
-                layouts.setdefault(qtype, set()).add(gguf_block_format(t.ggml_type).layout)
-            report.bytes_before += old.weight.numel() * old.weight.element_size()
-            report.bytes_after += fused.nbytes
-            _set_module(model, name, new)
-            report.quantized.append(name)
+                return w
+
+            raw = {p: tensors.get(f"blk.{i}.{p}.weight") for p in parts}
+            _keep_fused(model, f"model.layers.{i}.{module_name}", raw, decode, report, layouts, device)
+        if i in moe_layers:
+            _keep_expert_blocks(model, tensors, i, arch, report, layouts, device)
     if head:
         _keep_head_blocks(model, tensors, arch, report, device)
     if layouts:
@@ -109,6 +101,51 @@ def keep_gguf_blocks(model: torch.nn.Module, reader: GGUFFile, arch: ArchConfig,
                  ", ".join(f"{k} -> {'/'.join(sorted(v))}" for k, v in sorted(layouts.items())))
     _log_kept(report)
     return report
+
+
+def _keep_expert_blocks(model: torch.nn.Module, tensors: dict[str, GGUFTensor], i: int, arch: ArchConfig,
+                        report: QuantReport, layouts: dict[str, set[str]], device: torch.device) -> None:
+    """Layer i's MoE block: each expert's gate_up / down from its rows of the 3-D stacks, and the
+    shared expert (Qwen2-MoE) from its 2-D tensors. The router stays float (see moe.RouterLinear)."""
+    prefix = f"model.layers.{i}.mlp"
+    for e in range(arch.moe.num_experts):
+        def expert(part: str, t: GGUFTensor, e: int = e) -> Int8Weight | Int4Weight:
+            return from_gguf_expert_blocks(t.data, t.ggml_type, t.shape, e)
+
+        for module_name, parts in _EXPERT_FUSED.items():
+            raw = {p: tensors.get(f"blk.{i}.{p}.weight") for p in parts}
+            _keep_fused(model, f"{prefix}.experts.{e}.{module_name}", raw, expert, report, layouts, device)
+    if arch.moe.shared_expert_intermediate_size:
+        for module_name, parts in _SHARED_FUSED.items():
+            raw = {p: tensors.get(f"blk.{i}.{p}.weight") for p in parts}
+            _keep_fused(model, f"{prefix}.shared_expert.{module_name}", raw,
+                        lambda _, t: from_gguf_blocks(t.data, t.ggml_type, t.shape), report, layouts, device)
+
+
+def _keep_fused(model: torch.nn.Module, name: str, raw: dict[str, GGUFTensor | None],
+                decode: Callable[[str, GGUFTensor], Int8Weight | Int4Weight], report: QuantReport,
+                layouts: dict[str, set[str]], device: torch.device) -> None:
+    """Swap module `name` for the row-wise concatenation of `decode(part, tensor)` over `raw`'s
+    parts, or record in `report` why it keeps its (bit-exact) dequantized float weight."""
+    supported = {int(t) for t in SUPPORTED_GGUF_TYPES}
+    if any(t is None or t.ggml_type not in supported for t in raw.values()):
+        kinds = {GGMLQuantizationType(t.ggml_type).name for t in raw.values() if t is not None}
+        report.skipped[name] = f"GGUF type {'/'.join(sorted(kinds))} has no block-exact format"
+        return
+    fused = concat_exact([decode(part, t) for part, t in raw.items()])
+    if fused is None:
+        report.skipped[name] = "parts use block formats no one exact format holds together"
+        return
+    old = model.get_submodule(name)
+    new = _module(fused, old.bias, device, name, report)
+    if new is None:
+        return
+    for t in raw.values():
+        layouts.setdefault(GGMLQuantizationType(t.ggml_type).name, set()).add(gguf_block_format(t.ggml_type).layout)
+    report.bytes_before += old.weight.numel() * old.weight.element_size()
+    report.bytes_after += fused.nbytes
+    _set_module(model, name, new)
+    report.quantized.append(name)
 
 
 def _keep_head_blocks(model: torch.nn.Module, tensors: dict, arch: ArchConfig, report: QuantReport,

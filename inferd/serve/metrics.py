@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from inferd.engine.async_engine import AsyncEngine
 from inferd.engine.engine import EngineObserver
 from inferd.engine.sequence import Request, Sequence
+from inferd.model.moe import expert_token_totals
 
 # Bucket edges reach down to a millisecond: a small model on a GPU decodes faster than vLLM's
 # default edges resolve, and a CPU run with a long queue reaches minutes.
@@ -275,6 +276,28 @@ class _EngineCollector(Collector):
                 yield spec_acc
 
 
+class _MoeCollector(Collector):
+    """`inferd_moe_expert_tokens_total{model,layer,expert}`: tokens routed to each expert of each
+    MoE layer (runner padding excluded), read from the blocks' own counters at scrape time, so the
+    engine does no per-step work for it. Dense models export nothing. Reading off the engine
+    thread is safe enough for a counter: each count is one aligned int64 that only grows."""
+
+    def __init__(self, engines: dict[str, AsyncEngine]):
+        self._engines = engines
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("inferd_moe_expert_tokens", "Tokens routed to each expert of each "
+                                     "MoE layer (a token counts once per chosen expert).",
+                                     labels=["model", "layer", "expert"])
+        for name, engine in self._engines.items():
+            model = getattr(getattr(engine.engine, "loaded", None), "model", None)
+            for layer, counts in (expert_token_totals(model) if model is not None else {}).items():
+                for expert, tokens in enumerate(counts):
+                    family.add_metric([name, str(layer), str(expert)], tokens)
+        if family.samples:
+            yield family
+
+
 class ServerMetrics:
     """The app's registry; `attach` hooks one served engine under its model label."""
 
@@ -286,6 +309,7 @@ class ServerMetrics:
         self._series = [_Series(s, self.registry) for s in schemes]
         self._engines: dict[str, AsyncEngine] = {}
         self.registry.register(_EngineCollector(schemes, self._engines))
+        self.registry.register(_MoeCollector(self._engines))
 
     def attach(self, model: str, engine: AsyncEngine) -> None:
         engine.engine.observer = MetricsObserver(model, self._series)

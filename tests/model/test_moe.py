@@ -168,10 +168,15 @@ def test_expert_token_counter_equals_direct_count() -> None:
             x = inputs(t, seed)
             want += torch.bincount(ours.route(x)[1].flatten(), minlength=EXPERTS)
             ours(x)
-        # Padding rows are routed but not counted.
+        # Padding rows are neither routed nor counted; real rows come out as without them, and
+        # padding rows get only the shared expert's output.
         x = inputs(6, 4)
         want += torch.bincount(ours.route(x[:4])[1].flatten(), minlength=EXPERTS)
-        ours(x, counted_rows=4)
+        padded = ours(x, counted_rows=4)
+        ours.expert_tokens -= torch.bincount(ours.route(x[:4])[1].flatten(), minlength=EXPERTS)
+        torch.testing.assert_close(padded[:4], ours(x[:4]), rtol=1e-6, atol=1e-6)
+        shared = torch.sigmoid(ours.shared_expert_gate(x[4:])) * ours.shared_expert(x[4:])
+        torch.testing.assert_close(padded[4:], shared, rtol=1e-6, atol=1e-6)
     assert ours.expert_tokens.tolist() == want.tolist()
     assert sum(want.tolist()) == (5 + 1 + 17 + 4) * TOP_K
     assert expert_token_totals(model) == {3: want.tolist()}

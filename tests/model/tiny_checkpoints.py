@@ -1,4 +1,5 @@
-"""Tiny random-weight Qwen3 and Gemma 3 checkpoints, saved by transformers itself.
+"""Tiny random-weight Qwen3, Gemma 3 and MoE (Mixtral, Qwen3-MoE, Qwen2-MoE) checkpoints, saved by
+transformers itself.
 
 Their norm weights are random too (not HF's 1 / 0 init), so that qk-norm and Gemma's (1 + w)
 norms change the result and a mistake in them shows.
@@ -23,20 +24,36 @@ GEMMA3 = dict(num_hidden_layers=4, layer_types=["sliding_attention", "sliding_at
               rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                                "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6}})
 QWEN3 = dict(num_hidden_layers=2, tie_word_embeddings=False)
+# MoE: 8 experts, top-2, expert width 64 (int4's group size, so every expert quantizes).
+MOE = dict(num_experts_per_tok=2, tie_word_embeddings=False)
+MIXTRAL = dict(MOE, num_hidden_layers=2, intermediate_size=64, num_local_experts=8)
+# Three layers, the middle one dense (`mlp_only_layers`), so both MLP kinds run side by side.
+QWEN3_MOE = dict(MOE, num_hidden_layers=3, num_experts=8, moe_intermediate_size=64, mlp_only_layers=[1],
+                 norm_topk_prob=True)
+QWEN2_MOE = dict(MOE, num_hidden_layers=2, num_experts=8, moe_intermediate_size=64,
+                 shared_expert_intermediate_size=128, norm_topk_prob=False)
+ROUTER_STD = 0.5  # decisive routing: near-tied experts would let rounding pick either
 
-_CLASSES = {"qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, 1.0),
-            "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM, 0.0)}
+_CLASSES = {"qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, 1.0, QWEN3),
+            "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM, 0.0, GEMMA3),
+            "mixtral": (transformers.MixtralConfig, transformers.MixtralForCausalLM, 1.0, MIXTRAL),
+            "qwen3_moe": (transformers.Qwen3MoeConfig, transformers.Qwen3MoeForCausalLM, 1.0, QWEN3_MOE),
+            "qwen2_moe": (transformers.Qwen2MoeConfig, transformers.Qwen2MoeForCausalLM, 1.0, QWEN2_MOE)}
 
 
 def make_checkpoint(out: Path, arch: str, tokenizer_dir: Path, seed: int = 0, **overrides) -> Path:
-    config_cls, model_cls, norm_centre = _CLASSES[arch]
-    settings = {**COMMON, **(GEMMA3 if arch == "gemma3" else QWEN3), **overrides}
+    config_cls, model_cls, norm_centre, shape = _CLASSES[arch]
+    settings = {**COMMON, **shape, **overrides}
     torch.manual_seed(seed)
     model = model_cls(config_cls(**settings)).eval()
     with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
+        for name, p in model.named_parameters():
+            if name.endswith(("mlp.gate.weight", "block_sparse_moe.gate.weight")):
+                p.normal_(0, ROUTER_STD)
+            elif p.dim() >= 2:  # matrices, and MoE expert stacks [E, out, in]
                 p.normal_(0, 0.08)
+            elif name.endswith("bias"):
+                p.normal_(0, 0.1)
             else:  # norm weights around their neutral value (1, or 0 for Gemma's 1 + w)
                 p.normal_(norm_centre, 0.2)
     model.save_pretrained(str(out), safe_serialization=True)
