@@ -1,15 +1,17 @@
-"""Quantization end to end on the bundled model: decode tokens/s at batch 1 and 32, model memory,
+"""Quantization end to end on a bundled model: decode tokens/s at batch 1 and 32, model memory,
 and quality (perplexity delta, KL, from quant-eval) for each precision, in one run.
 
-llama.cpp's batch-1 figure for the same Q4_1 GGUF comes from its own llama-bench when built
-(`bash benchmarks/setup_peers.sh`).
-Usage: python benchmarks/bench_quant.py [--repeats 3] [--json out.json]
+llama.cpp's batch-1 figure for the same GGUF file comes from its own llama-bench when built
+(`bash benchmarks/setup_peers.sh`), run on as many threads as inferd uses.
+Usage: python benchmarks/bench_quant.py [--model smollm2-135m] [--repeats 3] [--json out.json]
+(`--model gemma3-270m --configs default` runs Gemma 3 270M's Q4_K_M file as inferd chooses to.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -17,6 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import torch  # noqa: E402
+
 from benchmarks.common import machine, median, random_prompts  # noqa: E402
 from inferd import LLM, SamplingParams  # noqa: E402
 from inferd.model.registry import resolve_model_path  # noqa: E402
@@ -52,18 +56,23 @@ def decode_rate(llm: LLM, batch: int, tokens: int, repeats: int) -> float:
     return median(rates)
 
 
-def llama_bench() -> float | None:
+def llama_bench(model: str, tokens: int, repeats: int) -> float | None:
+    """llama.cpp's batch-1 decode tokens/s on the same file (None where it is not built)."""
     exe = ROOT / ".bench/llama.cpp/build/bin/llama-bench"
     if not exe.exists():
         return None
-    out = subprocess.run([str(exe), "-m", str(resolve_model_path("smollm2-135m")), "-p", "0", "-n", "128",
-                          "-r", "3", "-o", "json"], capture_output=True, text=True, timeout=600)
+    threads = str(torch.get_num_threads() or os.cpu_count())
+    out = subprocess.run([str(exe), "-m", str(resolve_model_path(model)), "-p", "0", "-n", str(tokens),
+                          "-r", str(repeats), "-t", threads, "-o", "json"], capture_output=True, text=True,
+                         timeout=600)
     runs = json.loads(out.stdout)
     return float(runs[0]["avg_ts"])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m",
+                    help="a bundled GGUF (smollm2-135m, gemma3-270m) or a .gguf path; llama-bench runs the same file")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--quality", action="store_true", help="also run quant-eval (slow)")
@@ -71,16 +80,18 @@ def main() -> None:
                     help=f"comma list from {sorted(CONFIGS)}")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    res: dict[str, object] = {"machine": machine(), "llama.cpp_Q4_1_batch1_tok_s": llama_bench()}
+    res: dict[str, object] = {"machine": machine(), "model": args.model,
+                              "llama.cpp_batch1_tok_s": llama_bench(args.model, args.tokens, args.repeats)}
     labels = args.configs.split(",")
     for label in labels:
         dtype, quant, kw = CONFIGS[label]
-        llm = LLM("smollm2-135m", dtype=dtype, quantization=quant, kv_cache_memory=1, **kw)
+        llm = LLM(args.model, dtype=dtype, quantization=quant, kv_cache_memory=1, **kw)
         model = llm.engine.loaded.model
         mem = sum(t.numel() * t.element_size() for t in {id(t): t for t in
                                                           list(model.parameters()) + list(model.buffers())}.values())
         llm.generate([[5, 6, 7, 8]], SamplingParams(temperature=0, max_tokens=4))
-        res[label] = {"batch1_tok_s": decode_rate(llm, 1, args.tokens, args.repeats),
+        res[label] = {"load_s": llm.engine.loaded.load_seconds,
+                      "batch1_tok_s": decode_rate(llm, 1, args.tokens, args.repeats),
                       "batch32_tok_s": decode_rate(llm, 32, args.tokens, args.repeats),
                       "model_mib": mem / 2**20}
         print(json.dumps({label: res[label]}), flush=True)
@@ -93,7 +104,7 @@ def main() -> None:
 
         for label, method, kw in (("int8", "int8", {}), ("int4-g32-asym", "int4", {"group_size": 32, "symmetric": False}),
                                   ("int4-g64-sym", "int4", {}), ("fp8", "fp8", {})):
-            r = evaluate("smollm2-135m", method, sensitivity=False, greedy_tokens=16, **kw)
+            r = evaluate(args.model, method, sensitivity=False, greedy_tokens=16, **kw)
             res.setdefault(label, {}).update(ppl_increase_pct=r.quantized.ppl_increase_pct,
                                              mean_kl=r.quantized.mean_kl, top1=r.quantized.top1_agreement)
             print(json.dumps({label: res[label]}), flush=True)

@@ -1,7 +1,7 @@
 """Where one batch-1 decode step's time goes: wall-clock timers around the runner's parts.
 
-Usage: python benchmarks/profile_step.py [--config int4-g32-asym+head-int8] [--steps 300]
-(configs as in bench_quant.py). Prints ms per step for the whole step, the model forward, the
+Usage: python benchmarks/profile_step.py [--model smollm2-135m] [--config int4-g32-asym+head-int8] [--steps 300]
+(configs as in bench_quant.py; `--model gemma3-270m --config default` profiles Gemma 3 as inferd runs it). Prints ms per step for the whole step, the model forward, the
 native decoder stack, the LM head and the sampler; the rest is scheduling and bookkeeping.
 """
 
@@ -31,11 +31,12 @@ def _timed(totals: dict[str, float], label: str, fn):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m", help="a bundled model or a local path")
     ap.add_argument("--config", default="int4-g32-asym+head-int8", choices=sorted(CONFIGS))
     ap.add_argument("--steps", type=int, default=300)
     args = ap.parse_args()
     dtype, quant, kw = CONFIGS[args.config]
-    llm = LLM("smollm2-135m", dtype=dtype, quantization=quant, kv_cache_memory=1, **kw)
+    llm = LLM(args.model, dtype=dtype, quantization=quant, kv_cache_memory=1, **kw)
     engine, runner = llm.engine, llm.engine.runner
     totals: dict[str, float] = {}
     model = runner.model

@@ -18,7 +18,7 @@ from inferd.kernels import cpu_ops
 from inferd.kernels.attention import AttentionMetadata
 from inferd.kernels.native_stack import NativeStack
 from inferd.model.arch import ArchConfig
-from inferd.model.layers import RMSNorm, window_meta
+from inferd.model.layers import OffsetRMSNorm, RMSNorm, window_meta
 from inferd.model.rope import RotaryEmbedding
 
 KVCaches = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (k_cache, v_cache)
@@ -92,10 +92,8 @@ class DecoderForCausalLM(nn.Module):
     @property
     def native_stack_refusal(self) -> str | None:
         """Why the native stack cannot run this model around its layers (None: it can)."""
-        if type(self.model.norm) is not RMSNorm:
-            return "its final norm is not Llama's RMSNorm"
-        if len(self.model.rotaries) != 1:
-            return "it has more than one rope table"
+        if type(self.model.norm) not in (RMSNorm, OffsetRMSNorm):
+            return "its final norm is neither Llama's nor Gemma's RMSNorm"
         return None
 
     def build_tables(self, device: torch.device | str | None = None) -> None:
@@ -113,8 +111,7 @@ class DecoderForCausalLM(nn.Module):
         ropes = {name: r.tables(positions, x.dtype) for name, r in self.model.rotaries.items()}
         fused = cpu_ops.usable(x)  # the fused CPU kernels, decided once per step
         if fused and self.native_stack is not None and self.native_stack.serves(x, kv_caches, meta):
-            rope = ropes["global"]
-            return self.native_stack(x, rope.cos, rope.sin_signed, kv_caches, meta)
+            return self.native_stack(x, ropes, kv_caches, meta)
         residual = None
         metas: dict[int | None, AttentionMetadata] = {}
         for layer, kv in zip(self.model.layers, kv_caches, strict=True):

@@ -21,12 +21,12 @@ from inferd.model.arch import ArchConfig
 from inferd.model.decoder import DecoderForCausalLM
 from inferd.model.layers import (
     Attention,
-    GatedMLP,
     KVCache,
     MLPFactory,
     OffsetRMSNorm,
     RMSNorm,
     dense_mlp,
+    layer_structure,
 )
 from inferd.model.rope import RopeTables, RotaryEmbedding
 
@@ -88,19 +88,21 @@ class Gemma3DecoderLayer(nn.Module):
         """(this layer's normed MLP output, the residual stream before it): the same contract as
         PreNormDecoderLayer, so the residual add happens inside the next layer's first norm."""
         if residual is None:
-            residual, x = x, self.input_layernorm(x)
+            residual, x = x, self.input_layernorm(x, fused)
         else:
-            x, residual = self.input_layernorm.add_forward(x, residual)
-        x = self.post_attention_layernorm(self.self_attn(rope, x, kv_cache, meta, fused))
-        x, residual = self.pre_feedforward_layernorm.add_forward(x, residual)
-        return self.post_feedforward_layernorm(self.mlp(x, fused)), residual
+            x, residual = self.input_layernorm.add_forward(x, residual, fused)
+        x = self.post_attention_layernorm(self.self_attn(rope, x, kv_cache, meta, fused), fused)
+        x, residual = self.pre_feedforward_layernorm.add_forward(x, residual, fused)
+        return self.post_feedforward_layernorm(self.mlp(x, fused), fused), residual
 
     def native_structure(self) -> LayerStructure:
-        """What this layer computes, in the native stack's terms (it serves none of it yet)."""
-        attn = self.self_attn
-        return LayerStructure(norm="rms(1+w)", qk_norm=True, attention_softcap=attn.softcap is not None,
-                              mlp=f"{self.mlp.act_name}-gated" if isinstance(self.mlp, GatedMLP) else "other",
-                              post_norms=True, rope=self.rope, window=attn.window, scale=attn.scale)
+        """What this layer computes, in the native stack's terms (its sandwich: post_norms)."""
+        return layer_structure(self, post_norms=True)
+
+    def native_norms(self) -> tuple[RMSNorm, ...]:
+        """The norms in decoder_layers.h's slots: input, before the MLP, attention-out, MLP-out."""
+        return (self.input_layernorm, self.pre_feedforward_layernorm, self.post_attention_layernorm,
+                self.post_feedforward_layernorm)
 
 
 class Gemma3ForCausalLM(DecoderForCausalLM):

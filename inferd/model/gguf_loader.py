@@ -7,6 +7,7 @@ we undo that so one model implementation (HF's rotate-half layout) serves every 
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -127,16 +128,51 @@ def _with_experts(cfg: ArchConfig, reader: GGUFFile, arch: str, path: Path) -> A
     return replace(cfg, moe=moe, moe_layers=tuple(layers))
 
 
-def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+def _unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
     """Undo llama.cpp's q/k row permutation (interleaved pairs -> rotate-half halves)."""
     dim = w.shape[0] // n_head // 2
-    return w.reshape(n_head, dim, 2, *w.shape[1:]).swapaxes(2, 1).reshape(w.shape)
+    return w.reshape(n_head, dim, 2, *w.shape[1:]).transpose(2, 1).reshape(w.shape)
 
 
-def load_gguf_tensors(reader: GGUFFile, cfg: ArchConfig, path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor dequantized to float32, HF-named and in HF layout."""
+_CHUNK_ROWS = 8192  # rows dequantized at a time: bounds the float32 scratch of a large tensor
+
+
+def _dequantize_q8_0(raw: np.ndarray) -> torch.Tensor:
+    """Q8_0 rows [R, row_bytes] -> float32 [R * blocks, 32]: gguf's `d * q` in float32 (an fp16
+    scale times an int8: exact), in torch, which is ~20x faster than gguf's numpy on the 262144-row
+    tied embedding of Gemma 3."""
+    with warnings.catch_warnings():  # the file's read-only map: only read here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        blocks = torch.from_numpy(np.ascontiguousarray(raw)).view(-1, 34)
+    d = blocks[:, :2].contiguous().view(torch.float16).float()
+    return blocks[:, 2:].view(torch.int8) * d
+
+
+def _dequantize(t, qtype, dtype: torch.dtype, norm_shift: float) -> torch.Tensor:
+    """A quantized tensor dequantized as gguf does (float32), `norm_shift` added in float32,
+    rounded to `dtype`: rows at a time, so no float32 copy of a large tensor is ever whole."""
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
+
+    rows = t.data.shape[0]
+    out = torch.empty(rows, int(np.prod(t.shape)) // rows, dtype=dtype)
+    for r0 in range(0, rows, _CHUNK_ROWS):
+        raw = t.data[r0:r0 + _CHUNK_ROWS]
+        if qtype == GGMLQuantizationType.Q8_0:
+            chunk = _dequantize_q8_0(raw).view(raw.shape[0], -1)
+        else:
+            chunk = torch.from_numpy(np.ascontiguousarray(dequantize(raw, qtype))).view(raw.shape[0], -1)
+        if norm_shift:
+            chunk = chunk + np.float32(norm_shift)
+        out[r0:r0 + raw.shape[0]] = chunk
+    return out.view(t.shape)
+
+
+def load_gguf_tensors(reader: GGUFFile, cfg: ArchConfig, path: Path,
+                      dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Every tensor dequantized, HF-named and in HF layout: float tensors as float32, quantized
+    ones rounded to `dtype` (the model's: what loading would round them to anyway)."""
+    from gguf import GGMLQuantizationType
 
     model_class = ARCHITECTURES[cfg.architecture].model_class
     out: dict[str, torch.Tensor] = {}
@@ -145,24 +181,24 @@ def load_gguf_tensors(reader: GGUFFile, cfg: ArchConfig, path: Path) -> dict[str
         if name is None:
             continue
         qtype = GGMLQuantizationType(t.ggml_type)
+        shift = model_class.gguf_norm_shift if t.name.endswith("norm.weight") else 0.0
         try:
             if qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
-                arr = t.data.astype(np.float32)
+                w = torch.from_numpy(np.ascontiguousarray(t.data.astype(np.float32).reshape(t.shape)))
+                if shift:
+                    w = w + np.float32(shift)
             else:
-                arr = dequantize(t.data, qtype)
+                w = _dequantize(t, qtype, dtype, shift)
         except NotImplementedError:
             raise ModelLoadError(str(path), f"tensor {t.name}: unsupported GGUF type {qtype.name}") from None
         except Exception as exc:
             raise ModelLoadError(str(path), f"tensor {t.name} is corrupt ({exc})") from None
-        arr = arr.reshape(t.shape)
-        if model_class.gguf_permuted_qk:
+        if model_class.gguf_permuted_qk:  # a permutation of rows: the same before or after rounding
             if t.name.endswith("attn_q.weight"):
-                arr = _unpermute(arr, cfg.num_heads)
+                w = _unpermute(w, cfg.num_heads)
             elif t.name.endswith("attn_k.weight"):
-                arr = _unpermute(arr, cfg.num_kv_heads)
-        if model_class.gguf_norm_shift and t.name.endswith("norm.weight"):
-            arr = arr + np.float32(model_class.gguf_norm_shift)
-        out[name] = torch.from_numpy(np.ascontiguousarray(arr))
+                w = _unpermute(w, cfg.num_kv_heads)
+        out[name] = w.contiguous()
     return out
 
 

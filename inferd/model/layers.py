@@ -53,24 +53,46 @@ class RMSNorm(nn.Module):
         residual = residual + x
         return self(residual), residual
 
+    def native_weight(self) -> torch.Tensor:
+        """The weight the fused kernels (and the native stack) scale by: in the activation dtype
+        they multiply the normed rows rounded to it, as this norm does."""
+        return self.weight
+
 
 class OffsetRMSNorm(RMSNorm):
     """Gemma's RMSNorm: scale by (1 + weight), in fp32, then cast (HF Gemma3RMSNorm).
 
-    The weight is stored as HF stores it (centred on 0). The fused kernel scales by `weight` after
-    casting, which is other math, so this norm always runs on torch ops.
+    The weight is stored as HF stores it (centred on 0). The fused kernels take 1 + weight
+    precomputed in fp32 (`native_weight`): given an fp32 weight they multiply the fp32 normed
+    rows and round once, which is `(normed * (1.0 + w.float())).to(dtype)` exactly.
     """
 
     def __init__(self, size: int, eps: float):
         super().__init__(size, eps)
         nn.init.zeros_(self.weight)
+        self._offset: tuple[tuple[int, int, torch.dtype], torch.Tensor] | None = None
+
+    def native_weight(self) -> torch.Tensor:
+        """1 + weight in fp32, computed once per version of the weight (loading writes it in place)."""
+        w = self.weight
+        key = (w._version, w.data_ptr(), w.dtype)
+        if self._offset is None or self._offset[0] != key:
+            self._offset = (key, (1.0 + w.detach().float()).contiguous())
+        return self._offset[1]
 
     def forward(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        if fused:
+            out = torch.empty_like(x)
+            cpu_ops.ops().rms_norm(out, x, self.native_weight(), self.eps)
+            return out
         normed = torch.rms_norm(x.float(), self.weight.shape, eps=self.eps)
         return (normed * (1.0 + self.weight.float())).to(x.dtype)
 
     def add_forward(self, x: torch.Tensor, residual: torch.Tensor, fused: bool = False
                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if fused:  # in place, as RMSNorm's fused path
+            cpu_ops.ops().add_rms_norm(x, residual, self.native_weight(), self.eps)
+            return x, residual
         residual = residual + x
         return self(residual), residual
 
@@ -105,9 +127,15 @@ class GatedMLP(nn.Module):
     def is_silu(self) -> bool:
         return self.act is nn.functional.silu
 
+    @property
+    def is_gelu_tanh(self) -> bool:
+        return self.act is _gelu_tanh
+
     def forward(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
         if fused and self.is_silu:
             return self.down_proj(cpu_ops.ops().silu_and_mul(self.gate_up_proj(x)))
+        if fused and self.is_gelu_tanh:
+            return self.down_proj(cpu_ops.ops().gelu_tanh_and_mul(self.gate_up_proj(x)))
         gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
         return self.down_proj(self.act(gate) * up)
 
@@ -146,10 +174,15 @@ class Attention(nn.Module):
                 fused: bool = False) -> torch.Tensor:
         t = x.shape[0]
         qkv = self.qkv_proj(x)
-        plain = self.q_norm is None and self.softcap is None
-        if plain and fused and isinstance(kv_cache[0], torch.Tensor) and kv_cache[0].dtype == qkv.dtype:
-            q = cpu_ops.ops().rope_write_kv(qkv, rope.cos, rope.sin_signed, kv_cache[0], kv_cache[1],
-                                            meta.slot_mapping, self.num_heads)
+        if (fused and self.softcap is None and isinstance(kv_cache[0], torch.Tensor)
+                and kv_cache[0].dtype == qkv.dtype):
+            if self.q_norm is None:
+                q = cpu_ops.ops().rope_write_kv(qkv, rope.cos, rope.sin_signed, kv_cache[0], kv_cache[1],
+                                                meta.slot_mapping, self.num_heads)
+            else:  # qk-norm, per head, inside the same pass
+                q = cpu_ops.ops().norm_rope_write_kv(qkv, self.q_norm.native_weight(), self.k_norm.native_weight(),
+                                                     self.q_norm.eps, rope.cos, rope.sin_signed, kv_cache[0],
+                                                     kv_cache[1], meta.slot_mapping, self.num_heads)
             out = paged_attention(q, kv_cache[0], kv_cache[1], meta, self.scale)
             return self.o_proj(out.view(t, self.q_size))
         qk = qkv[:, :self.q_size + self.kv_size].view(t, self.num_heads + self.num_kv_heads, self.head_dim)
@@ -198,18 +231,31 @@ class PreNormDecoderLayer(nn.Module):
 
     def native_structure(self) -> LayerStructure:
         """What this layer computes, in the terms the native CPU stack checks."""
-        attn, mlp = self.self_attn, self.mlp
-        norms = {type(self.input_layernorm), type(self.post_attention_layernorm)}
-        return LayerStructure(
-            norm="rms" if norms == {RMSNorm} else "other",
-            qk_norm=attn.q_norm is not None,
-            attention_softcap=attn.softcap is not None,
-            mlp="silu-gated" if type(mlp) is GatedMLP and mlp.is_silu else "other",
-            post_norms=False,
-            rope=self.rope,
-            window=attn.window,
-            scale=attn.scale,
-        )
+        return layer_structure(self, post_norms=False)
+
+    def native_norms(self) -> tuple[RMSNorm | None, ...]:
+        """The norms in decoder_layers.h's slots: input, before the MLP, attention-out, MLP-out."""
+        return self.input_layernorm, self.post_attention_layernorm, None, None
+
+
+def norm_kind(norms: list[nn.Module]) -> str:
+    """What a layer's norms compute, in native_stack.SERVED's terms."""
+    kinds = {type(n) for n in norms}
+    return "rms" if kinds == {RMSNorm} else "rms(1+w)" if kinds == {OffsetRMSNorm} else "other"
+
+
+def mlp_kind(mlp: nn.Module) -> str:
+    """What a layer's MLP computes, in native_stack.SERVED's terms (an MoE block: "other")."""
+    return f"{mlp.act_name}-gated" if type(mlp) is GatedMLP else "other"
+
+
+def layer_structure(layer: nn.Module, post_norms: bool) -> LayerStructure:
+    """A layer's structure from its parts: norms (`native_norms`, q/k norms), MLP, attention."""
+    attn = layer.self_attn
+    norms = [n for n in (*layer.native_norms(), attn.q_norm, attn.k_norm) if n is not None]
+    return LayerStructure(norm=norm_kind(norms), qk_norm=attn.q_norm is not None,
+                          attention_softcap=attn.softcap is not None, mlp=mlp_kind(layer.mlp),
+                          post_norms=post_norms, rope=layer.rope, window=attn.window, scale=attn.scale)
 
 
 def window_meta(meta: AttentionMetadata, window: int | None,

@@ -61,15 +61,16 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
             raise ModelLoadError(str(path), "unsupported file type; expected a .gguf file or a HF model directory")
         reader = open_gguf(path)
         arch = arch_from_gguf(reader, path)
-        tensors = load_gguf_tensors(reader, arch, path)
+        # Chosen before reading any data: quantized tensors are dequantized straight to the dtype.
+        choice = machine_defaults(cfg, describe_gguf(reader, arch.tie_word_embeddings, Path(cfg.model).name),
+                                  device)
+        tensors = load_gguf_tensors(reader, arch, path, resolve_dtype(choice.dtype))
         hf_tok = load_gguf_tokenizer(reader, path, ARCHITECTURES[arch.architecture].model_class.default_chat_template)
-        checkpoint = describe_gguf(reader, arch.tie_word_embeddings, Path(cfg.model).name)
     else:
         arch = read_hf_config(path)
         tensors = load_safetensors(path)
         hf_tok = load_hf_tokenizer(path)
-        checkpoint = describe_safetensors(tensors, Path(cfg.model).name)
-    choice = machine_defaults(cfg, checkpoint, device)
+        choice = machine_defaults(cfg, describe_safetensors(tensors, Path(cfg.model).name), device)
     log.info("%s", choice.reason)
     auto_blocks = cfg.quantization == "auto" and choice.quantization == "gguf"
     cfg = replace(cfg, dtype=choice.dtype, quantization=choice.quantization, quant_lm_head=choice.quant_lm_head)
@@ -81,7 +82,9 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     model_class = ARCHITECTURES[arch.architecture].model_class
     with torch.device("meta"):
         model = model_class(arch, max_positions=max_len)
-    model = model.to_empty(device="cpu")
+    # Allocated in the final dtype: loading rounds each tensor as it is copied in, as the cast
+    # after it would (a float32 copy of Gemma 3's 262144-row embedding alone is 670 MB).
+    model = model.to(dtype=dtype).to_empty(device="cpu")
     if arch.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     try:

@@ -77,7 +77,8 @@ class RotaryEmbedding(torch.nn.Module):
         self._params = (head_dim, max_positions, base, scaling, orig_max_pos)
         self.register_buffer("cos", torch.empty(0), persistent=False)
         self.register_buffer("sin_signed", torch.empty(0), persistent=False)
-        self.build_tables()
+        if self.cos.device.type != "meta":  # on meta, torch's decompositions take seconds: the loader builds later
+            self.build_tables()
 
     def build_tables(self, device: torch.device | str | None = None) -> None:
         """(Re)compute the fp32 tables, e.g. after the model was built on the meta device or cast

@@ -7,10 +7,12 @@ takes every level the CPU supports. A level that does not build here skips, sayi
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from inferd.kernels import cpu_isa, cpu_ops
+from tests.model.tiny_checkpoints import make_checkpoint
 
 PER_LEVEL_MODULES = {"test_cpu_ops", "test_quant_gemv", "test_decode_team", "test_native_stack"}
 
@@ -63,3 +65,16 @@ def needs_native() -> None:
     """Skip where INFERD_NATIVE_CPU=0 turns the native kernels off (the test is about them)."""
     if os.environ.get("INFERD_NATIVE_CPU") == "0":
         pytest.skip("INFERD_NATIVE_CPU=0 turns the native CPU kernels off: there is no native path to test")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory, tokenizer_dir) -> Path:
+    """Llama's layer plus qk-norm (tests/model/tiny_checkpoints.py)."""
+    return make_checkpoint(tmp_path_factory.mktemp("tiny_qwen3"), "qwen3", tokenizer_dir, seed=11)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(tmp_path_factory, tokenizer_dir) -> Path:
+    """Gemma 3's layer: (1 + w) and sandwich norms, qk-norm, tanh-gelu, sliding layers with a
+    window of 8 and their own rope table around one global layer."""
+    return make_checkpoint(tmp_path_factory.mktemp("tiny_gemma3"), "gemma3", tokenizer_dir, seed=12)

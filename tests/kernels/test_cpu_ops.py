@@ -1,7 +1,7 @@
 """The fused CPU kernels (inferd/kernels/csrc/cpu_ops.cpp) against the torch ops they replace.
 
 bf16 results must be bitwise those of the torch formulation (which is HF's), except where an
-exp is involved (silu), which may differ by one bf16 ulp; fp32 results within a few ulps.
+exp is involved (silu, tanh-gelu), which may differ by one bf16 ulp; fp32 results within a few ulps.
 """
 
 from __future__ import annotations
@@ -54,6 +54,49 @@ def test_rms_norm_and_add_rms_norm(dtype, rows, size):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,size", [(1, 640), (5, 576), (3, 100), (40, 16)])
+def test_gemma_norm_from_an_fp32_one_plus_w_weight(dtype, rows, size):
+    """Given 1 + w in fp32, the norms compute Gemma's (normed * (1 + w.float())).to(dtype)."""
+    from inferd.model.layers import OffsetRMSNorm
+
+    g = torch.Generator().manual_seed(rows + size)
+    norm = OffsetRMSNorm(size, 1e-6).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(size, generator=g) * 0.5)
+    x = torch.randn(rows, size, generator=g).to(dtype)
+    res = torch.randn(rows, size, generator=g).to(dtype)
+    w = norm.native_weight()
+    assert w.dtype == torch.float32 and torch.equal(w, 1.0 + norm.weight.float())
+    out = torch.empty_like(x)
+    cpu_ops.ops().rms_norm(out, x, w, 1e-6)
+    _close(out, norm(x), dtype)
+    xx, rr = x.clone(), res.clone()
+    cpu_ops.ops().add_rms_norm(xx, rr, w, 1e-6)
+    assert torch.equal(rr, res + x)
+    _close(xx, norm(res + x), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,inter", [(1, 2048), (7, 1536), (3, 40)])
+def test_gelu_tanh_and_mul(dtype, rows, inter):
+    gu = (torch.randn(rows, 2 * inter, generator=torch.Generator().manual_seed(inter)) * 4).to(dtype)
+    gate, up = gu.split(inter, dim=-1)
+    ref = torch.nn.functional.gelu(gate, approximate="tanh") * up
+    out = cpu_ops.ops().gelu_tanh_and_mul(gu)
+    assert out.shape == ref.shape and out.dtype == dtype
+    # g / (1 + exp(-2z)) against torch's 0.5 g (1 + tanh(z)): the last fp32 bits, and far left
+    # (gate < -4) torch's cancellation in 1 + tanh(z), a few 2**-24 * |gate * up| (then 0).
+    diff = (out.float() - ref.float()).abs()
+    noise = (gate.float() * up.float()).abs() * 2.0 ** -21
+    if dtype == torch.bfloat16:
+        ulp = ref.float().abs() * 2.0 ** -7
+        assert bool((diff <= torch.maximum(ulp, noise)).all())
+        assert (out == ref)[gate > -4].float().mean().item() > 0.99
+    else:
+        assert bool((diff <= torch.maximum(ref.float().abs() * 1e-5, noise)).all())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows,inter", [(1, 1536), (7, 1536), (3, 40)])
 def test_silu_and_mul(dtype, rows, inter):
     gu = (torch.randn(rows, 2 * inter, generator=torch.Generator().manual_seed(inter)) * 4).to(dtype)
@@ -89,6 +132,38 @@ def test_rope_write_kv_is_bitwise_rope_then_write(dtype):
     write_kv(qk[keep, heads:], v[keep], ref_k, ref_v, slots[keep])
     assert torch.equal(q, qk[:, :heads])
     assert torch.equal(k_cache, ref_k) and torch.equal(v_cache, ref_v)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("offset", [False, True], ids=["qwen3-norm", "gemma-norm"])
+def test_norm_rope_write_kv_is_bitwise_qk_norm_then_rope_then_write(dtype, offset):
+    """qk-norm as the Python layer computes it (each head normed, then rotated) in one pass."""
+    from inferd.model.layers import OffsetRMSNorm, RMSNorm
+
+    heads, kv_heads, dim, t = 4, 1, 256, 5
+    g = torch.Generator().manual_seed(2)
+    norms = [(OffsetRMSNorm if offset else RMSNorm)(dim, 1e-6).to(dtype) for _ in range(2)]
+    with torch.no_grad():
+        for n in norms:
+            n.weight.copy_(torch.randn(dim, generator=g) * 0.3 + (0 if offset else 1))
+    rotary = RotaryEmbedding(dim, 512, 10000.0, None, 512)
+    qkv = torch.randn(t, (heads + 2 * kv_heads) * dim, generator=g).to(dtype)
+    rope = rotary.tables(torch.tensor([0, 5, 17, 100, 3]), dtype)
+    slots = torch.tensor([3, 20, -1, 77, 100])
+    k_cache = torch.zeros(8, 16, kv_heads, dim, dtype=dtype)
+    v_cache = torch.zeros_like(k_cache)
+    q = cpu_ops.ops().norm_rope_write_kv(qkv, norms[0].native_weight(), norms[1].native_weight(), 1e-6, rope.cos,
+                                         rope.sin_signed, k_cache, v_cache, slots, heads)
+
+    qk = qkv[:, :(heads + kv_heads) * dim].view(t, heads + kv_heads, dim)
+    qk = apply_rope(torch.cat((norms[0](qk[:, :heads]), norms[1](qk[:, heads:])), dim=1), rope)
+    v = qkv[:, (heads + kv_heads) * dim:].view(t, kv_heads, dim)
+    keep = slots >= 0
+    ref_k, ref_v = torch.zeros_like(k_cache), torch.zeros_like(v_cache)
+    write_kv(qk[keep, heads:], v[keep], ref_k, ref_v, slots[keep])
+    _close(q, qk[:, :heads], dtype)
+    _close(k_cache, ref_k, dtype)
+    assert torch.equal(v_cache, ref_v)
 
 
 def test_rope_write_kv_rejects_a_slot_outside_the_cache():

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from inferd import LLM, SamplingParams
-from inferd.kernels import cpu_ops
 from inferd.kernels.native_stack import NativeStack
 from tests.kernels.conftest import needs_fast_tiles
 
 BF16 = torch.bfloat16
 CASES = [("tiny_llama", "int4"), ("tiny_llama", "int8"), ("tiny_qwen2", "fp8"),  # qwen2: qkv bias
-         ("tiny_qwen2", "int4"), ("tiny_mistral", "int4")]
+         ("tiny_qwen2", "int4"), ("tiny_mistral", "int4"),
+         ("tiny_qwen3", "int4"), ("tiny_gemma3", "int4"), ("tiny_gemma3", "int8")]  # qk-norm; Gemma's sandwich
 
 
 def _llm(path, quantization: str) -> LLM:
@@ -31,10 +31,15 @@ def _stack(llm: LLM, level: str | None) -> NativeStack:
     return stack
 
 
-def _stack_call(stack: NativeStack, x, caches, cos, sin, slots, tables, lens, window: int, team_rows: int):
+def _stack_call(stack: NativeStack, x, caches, cos, sin, slots, tables, lens, window: int | None, team_rows: int):
+    """One step on copies; `window` for every layer (None: the layers' own), each rope table of
+    the stack given `cos` / `sin` rotated by a different amount so that a mix-up shows."""
     x, caches = x.clone(), [c.clone() for c in caches]
-    y = cpu_ops.ops().decoder_stack(x, stack.weights, stack.layout, stack.eps, stack.scale, stack.num_heads,
-                                    stack.head_dim, window, cos, sin, caches, slots, tables, lens, team_rows)
+    tables_n = len(stack.rope_names)
+    cos_l = [cos.roll(i, 1).contiguous() for i in range(tables_n)]
+    sin_l = [sin.roll(i, 1).contiguous() for i in range(tables_n)]
+    windows = None if window is None else [window] * len(stack.windows)
+    y = stack.run(x, cos_l, sin_l, caches, slots, tables, lens, team_rows, windows=windows)
     return y, x, caches
 
 
@@ -97,6 +102,23 @@ def test_team_step_is_bitwise_the_per_op_step(tiny_qwen2, rows, lens, same_seque
     assert torch.equal(team[0], per_op[0]) and torch.equal(team[1], per_op[1])
     assert all(torch.equal(a, b) for a, b in zip(team[2], per_op[2], strict=True))
     assert not torch.equal(team[2][0], args[1][0]), "the step wrote its keys into the cache"
+
+
+@pytest.mark.parametrize("model,quantization", [("tiny_gemma3", "int4"), ("tiny_gemma3", "int8"),
+                                                ("tiny_qwen3", "int8")])
+@pytest.mark.parametrize("rows,lens,same_sequence", [(1, [37], False), (5, [9, 40, 17], False),
+                                                     (6, [21, 22, 23, 24, 25, 26], True)])
+def test_team_step_with_qk_norm_and_sandwich_is_bitwise_the_per_op_step(model, quantization, rows, lens,
+                                                                         same_sequence, request, kernel_level):
+    """Gemma 3 (fp32 1 + w norms, post-norms, gelu, per-layer windows and rope tables) and Qwen3."""
+    llm = _llm(request.getfixturevalue(model), quantization)
+    stack = _stack(llm, kernel_level)
+    args = _inputs(llm, rows, lens, same_sequence)
+    assert stack.uses_team(args[0])
+    per_op = _stack_call(stack, *args, window=None, team_rows=0)
+    team = _stack_call(stack, *args, window=None, team_rows=8)
+    assert torch.equal(team[0], per_op[0]) and torch.equal(team[1], per_op[1])
+    assert all(torch.equal(a, b) for a, b in zip(team[2], per_op[2], strict=True))
 
 
 def test_team_takes_only_small_quantized_bf16_steps(tiny_llama, kernel_level):

@@ -112,20 +112,26 @@ def test_softcapped_attention_matches_dense_reference():
                 torch.testing.assert_close(out[start + i, h], expected, rtol=1e-5, atol=1e-5)
 
 
-def test_native_stack_refuses_other_layer_structures(tiny_qwen3, tiny_gemma3, caplog):
+def test_native_stack_serves_qwen3_and_gemma3(tiny_qwen3, tiny_gemma3, caplog):
+    """Their structures are native now (bitwise the layer loop: tests/kernels/test_native_stack.py)."""
     with caplog.at_level(logging.INFO, logger="inferd.kernels.native_stack"):
         for path in (tiny_qwen3, tiny_gemma3):
             llm = LLM(str(path), dtype="float32", kv_cache_memory=0.05)
-            assert llm.engine.runner.model.native_stack is None
-    assert "qk_norm" in caplog.text and "post_norms" in caplog.text
+            assert llm.engine.runner.model.native_stack is not None
+    assert "not running" not in caplog.text
 
 
 def test_refusal_names_what_differs():
     llama = LayerStructure(norm="rms", qk_norm=False, attention_softcap=False, mlp="silu-gated",
                            post_norms=False, rope="global", window=None, scale=0.25)
+    gemma = LayerStructure(norm="rms(1+w)", qk_norm=True, attention_softcap=False, mlp="gelu_pytorch_tanh-gated",
+                           post_norms=True, rope="local", window=512, scale=0.0625)
     assert refusal([llama, llama]) is None
+    assert refusal([gemma, LayerStructure(**{**gemma.__dict__, "rope": "global", "window": None})]) is None
+    assert "attention_softcap" in refusal([LayerStructure(**{**gemma.__dict__, "attention_softcap": True})])
+    assert "mlp" in refusal([LayerStructure(**{**llama.__dict__, "mlp": "other"})])
     assert "qk_norm" in refusal([llama, LayerStructure(**{**llama.__dict__, "qk_norm": True})])
-    assert "window" in refusal([llama, LayerStructure(**{**llama.__dict__, "window": 8})])
+    assert "scale" in refusal([llama, LayerStructure(**{**llama.__dict__, "scale": 0.5})])
     assert "does not state" in refusal([llama, None])
 
 

@@ -6,8 +6,11 @@
 // of its batch companions), rounding to the activation dtype exactly where HF does:
 //   add_rms_norm      residual += x; x = rmsnorm(residual) * weight       (in place)
 //   rms_norm          out = rmsnorm(x) * weight
+//                     (an fp32 weight on bf16 rows: Gemma's norm, the weight being 1 + w)
 //   silu_and_mul      out = silu(gate) * up                                 from [T, 2I]
+//   gelu_tanh_and_mul out = gelu_tanh(gate) * up                            from [T, 2I]
 //   rope_write_kv     rotate q and k, store k and v into their paged-cache slots, return q
+//   norm_rope_write_kv  the same with q and k each RMS-normed per head first (qk-norm)
 //   paged_attention_rows  each query row over its own sequence prefix, K/V read in place
 //                         through its block table (decode rows, and prefill rows causally)
 // Registered as torch.ops.inferd_cpu_<level>.*; inferd/kernels/cpu_ops.py builds and loads this file.
@@ -48,21 +51,34 @@ void check_rows(const Tensor& t, const char* op) {
 
 // ---------------------------------------------------------------- RMSNorm (row_kernels.h)
 
+// The norm weight's dtype picks the multiply (row_kernels.h): the rows' own dtype, or fp32.
+template <typename T, typename Fn> void dispatch_weight(const Tensor& weight, const char* op, Fn&& fn) {
+  if (weight.scalar_type() == c10::CppTypeToScalarType<T>::value) {
+    fn(T{});
+  } else {
+    TORCH_CHECK(weight.scalar_type() == at::kFloat, op, ": the weight must be in the rows' dtype or float32");
+    fn(float{});
+  }
+}
+
 void rms_norm(Tensor& out, const Tensor& x, const Tensor& weight, double eps) {
   check_rows(x, "rms_norm");
   check_rows(out, "rms_norm");
-  TORCH_CHECK(weight.is_contiguous() && weight.numel() == x.size(1) && weight.dtype() == x.dtype() &&
-                  out.sizes() == x.sizes() && out.dtype() == x.dtype(),
+  TORCH_CHECK(weight.is_contiguous() && weight.numel() == x.size(1) && out.sizes() == x.sizes() &&
+                  out.dtype() == x.dtype(),
               "rms_norm: shape or dtype mismatch");
   dispatch_float(x, "rms_norm", [&](auto tag) {
     using T = decltype(tag);
-    const int64_t n = x.size(1);
-    const T* w = weight.const_data_ptr<T>();
-    const T* xp = x.const_data_ptr<T>();
-    T* op = out.mutable_data_ptr<T>();
-    const int64_t xs = x.stride(0), os = out.stride(0);
-    at::parallel_for(0, x.size(0), 16, [&](int64_t lo, int64_t hi) {
-      for (int64_t r = lo; r < hi; ++r) rms_norm_row<T>(xp + r * xs, w, op + r * os, n, eps);
+    dispatch_weight<T>(weight, "rms_norm", [&](auto wtag) {
+      using W = decltype(wtag);
+      const int64_t n = x.size(1);
+      const W* w = weight.const_data_ptr<W>();
+      const T* xp = x.const_data_ptr<T>();
+      T* op = out.mutable_data_ptr<T>();
+      const int64_t xs = x.stride(0), os = out.stride(0);
+      at::parallel_for(0, x.size(0), 16, [&](int64_t lo, int64_t hi) {
+        for (int64_t r = lo; r < hi; ++r) rms_norm_row<T, W>(xp + r * xs, w, op + r * os, n, eps);
+      });
     });
   });
 }
@@ -71,53 +87,68 @@ void add_rms_norm(Tensor& x, Tensor& residual, const Tensor& weight, double eps)
   check_rows(x, "add_rms_norm");
   check_rows(residual, "add_rms_norm");
   TORCH_CHECK(x.sizes() == residual.sizes() && x.dtype() == residual.dtype() &&
-                  weight.is_contiguous() && weight.numel() == x.size(1) && weight.dtype() == x.dtype(),
+                  weight.is_contiguous() && weight.numel() == x.size(1),
               "add_rms_norm: shape or dtype mismatch");
   dispatch_float(x, "add_rms_norm", [&](auto tag) {
     using T = decltype(tag);
-    const int64_t n = x.size(1);
-    const T* w = weight.const_data_ptr<T>();
-    T* xp = x.mutable_data_ptr<T>();
-    T* rp = residual.mutable_data_ptr<T>();
-    const int64_t xs = x.stride(0), rs = residual.stride(0);
-    at::parallel_for(0, x.size(0), 16, [&](int64_t lo, int64_t hi) {
-      for (int64_t r = lo; r < hi; ++r) {
-        T* xr = xp + r * xs;
-        T* rr = rp + r * rs;
-        add_row<T>(rr, xr, n);
-        rms_norm_row<T>(rr, w, xr, n, eps);
-      }
+    dispatch_weight<T>(weight, "add_rms_norm", [&](auto wtag) {
+      using W = decltype(wtag);
+      const int64_t n = x.size(1);
+      const W* w = weight.const_data_ptr<W>();
+      T* xp = x.mutable_data_ptr<T>();
+      T* rp = residual.mutable_data_ptr<T>();
+      const int64_t xs = x.stride(0), rs = residual.stride(0);
+      at::parallel_for(0, x.size(0), 16, [&](int64_t lo, int64_t hi) {
+        for (int64_t r = lo; r < hi; ++r) {
+          T* xr = xp + r * xs;
+          T* rr = rp + r * rs;
+          add_row<T>(rr, xr, n);
+          rms_norm_row<T, W>(rr, w, xr, n, eps);
+        }
+      });
     });
   });
 }
 
 // ---------------------------------------------------------------- SiLU * up
 
-Tensor silu_and_mul(const Tensor& gate_up) {
-  check_rows(gate_up, "silu_and_mul");
-  TORCH_CHECK(gate_up.size(1) % 2 == 0, "silu_and_mul: last dimension must be even");
+// act(gate) * up for each row of [T, 2I] (row_kernels.h's silu_mul_row or gelu_tanh_mul_row).
+template <bool Gelu>
+Tensor gated_act(const Tensor& gate_up, const char* name) {
+  check_rows(gate_up, name);
+  TORCH_CHECK(gate_up.size(1) % 2 == 0, name, ": last dimension must be even");
   const int64_t rows = gate_up.size(0), half = gate_up.size(1) / 2;
   Tensor out = at::empty({rows, half}, gate_up.options());
-  dispatch_float(gate_up, "silu_and_mul", [&](auto tag) {
+  dispatch_float(gate_up, name, [&](auto tag) {
     using T = decltype(tag);
     const T* in = gate_up.const_data_ptr<T>();
     T* op = out.mutable_data_ptr<T>();
     const int64_t is = gate_up.stride(0);
     at::parallel_for(0, rows, 4, [&](int64_t lo, int64_t hi) {
       for (int64_t r = lo; r < hi; ++r) {
-        silu_mul_row<T>(in + r * is, in + r * is + half, op + r * half, half);
+        if constexpr (Gelu) {
+          gelu_tanh_mul_row<T>(in + r * is, in + r * is + half, op + r * half, half);
+        } else {
+          silu_mul_row<T>(in + r * is, in + r * is + half, op + r * half, half);
+        }
       }
     });
   });
   return out;
 }
 
+Tensor silu_and_mul(const Tensor& gate_up) { return gated_act<false>(gate_up, "silu_and_mul"); }
+Tensor gelu_tanh_and_mul(const Tensor& gate_up) { return gated_act<true>(gate_up, "gelu_tanh_and_mul"); }
+
 // ---------------------------------------------------------------- RoPE + KV write (row_kernels.h)
 
 // qkv [T, (Hq + 2*Hk) * D]; cos, sin_signed [T, D] (any shape of that size); caches [blocks, block_size, Hk, D];
-// slots [T] int64 (negative: do not store). Returns the rotated queries [T, Hq, D].
-Tensor rope_write_kv(const Tensor& qkv, const Tensor& cos, const Tensor& sin_signed, Tensor& k_cache,
-                     Tensor& v_cache, const Tensor& slots, int64_t num_heads) {
+// slots [T] int64 (negative: do not store). Returns the rotated queries [T, Hq, D]. With q_norm
+// and k_norm (each [D], in qkv's dtype or fp32: see rms_norm_row), each q and k head is normed
+// before it is rotated.
+Tensor rope_write_kv_impl(const Tensor& qkv, const Tensor* q_norm, const Tensor* k_norm, double eps,
+                          const Tensor& cos, const Tensor& sin_signed, Tensor& k_cache, Tensor& v_cache,
+                          const Tensor& slots, int64_t num_heads) {
   check_rows(qkv, "rope_write_kv");
   TORCH_CHECK(k_cache.dim() == 4 && k_cache.is_contiguous() && v_cache.is_contiguous() &&
                   k_cache.sizes() == v_cache.sizes(),
@@ -134,37 +165,65 @@ Tensor rope_write_kv(const Tensor& qkv, const Tensor& cos, const Tensor& sin_sig
   TORCH_CHECK(qkv.dtype() == cos.dtype() && qkv.dtype() == sin_signed.dtype() &&
                   qkv.dtype() == k_cache.dtype() && qkv.dtype() == v_cache.dtype(),
               "rope_write_kv: every tensor must share one dtype");
+  if (q_norm != nullptr) {
+    TORCH_CHECK(q_norm->is_contiguous() && k_norm->is_contiguous() && q_norm->numel() == d &&
+                    k_norm->numel() == d && q_norm->dtype() == k_norm->dtype() && d <= MAX_NORMED_HEAD,
+                "norm_rope_write_kv: q_norm and k_norm must be contiguous [head_dim] of one dtype");
+  }
   Tensor q = at::empty({tokens, num_heads, d}, qkv.options());
   dispatch_float(qkv, "rope_write_kv", [&](auto tag) {
     using T = decltype(tag);
-    const int64_t* sp = slots.const_data_ptr<int64_t>();
-    for (int64_t t = 0; t < tokens; ++t) {
-      TORCH_CHECK(sp[t] < num_slots, "rope_write_kv: slot ", sp[t], " is outside the cache");
-    }
-    const T* in = qkv.const_data_ptr<T>();
-    const T* cp = cos.const_data_ptr<T>();
-    const T* snp = sin_signed.const_data_ptr<T>();
-    T* qp = q.mutable_data_ptr<T>();
-    T* kc = k_cache.mutable_data_ptr<T>();
-    T* vc = v_cache.mutable_data_ptr<T>();
-    const int64_t is = qkv.stride(0), cs = d, ss = d;
-    at::parallel_for(0, tokens, 8, [&](int64_t lo, int64_t hi) {
-      for (int64_t t = lo; t < hi; ++t) {
-        const T* row = in + t * is;
-        const T* c = cp + t * cs;
-        const T* s = snp + t * ss;
-        for (int64_t h = 0; h < num_heads; ++h) rope_head<T>(row + h * d, c, s, qp + (t * num_heads + h) * d, d);
-        if (sp[t] < 0) continue;
-        T* kd = kc + sp[t] * kv_heads * d;
-        T* vd = vc + sp[t] * kv_heads * d;
-        const T* kin = row + num_heads * d;
-        const T* vin = kin + kv_heads * d;
-        for (int64_t h = 0; h < kv_heads; ++h) rope_head<T>(kin + h * d, c, s, kd + h * d, d);
-        std::copy(vin, vin + kv_heads * d, vd);
+    dispatch_weight<T>(q_norm != nullptr ? *q_norm : qkv, "norm_rope_write_kv", [&](auto wtag) {
+      using W = decltype(wtag);
+      const W* qw = q_norm != nullptr ? q_norm->const_data_ptr<W>() : nullptr;
+      const W* kw = k_norm != nullptr ? k_norm->const_data_ptr<W>() : nullptr;
+      auto rotate = [&](const T* x, const W* w, const T* c, const T* s, T* out) {
+        if (w != nullptr) {
+          norm_rope_head<T, W>(x, w, eps, c, s, out, d);
+        } else {
+          rope_head<T>(x, c, s, out, d);
+        }
+      };
+      const int64_t* sp = slots.const_data_ptr<int64_t>();
+      for (int64_t t = 0; t < tokens; ++t) {
+        TORCH_CHECK(sp[t] < num_slots, "rope_write_kv: slot ", sp[t], " is outside the cache");
       }
+      const T* in = qkv.const_data_ptr<T>();
+      const T* cp = cos.const_data_ptr<T>();
+      const T* snp = sin_signed.const_data_ptr<T>();
+      T* qp = q.mutable_data_ptr<T>();
+      T* kc = k_cache.mutable_data_ptr<T>();
+      T* vc = v_cache.mutable_data_ptr<T>();
+      const int64_t is = qkv.stride(0), cs = d, ss = d;
+      at::parallel_for(0, tokens, 8, [&](int64_t lo, int64_t hi) {
+        for (int64_t t = lo; t < hi; ++t) {
+          const T* row = in + t * is;
+          const T* c = cp + t * cs;
+          const T* s = snp + t * ss;
+          for (int64_t h = 0; h < num_heads; ++h) rotate(row + h * d, qw, c, s, qp + (t * num_heads + h) * d);
+          if (sp[t] < 0) continue;
+          T* kd = kc + sp[t] * kv_heads * d;
+          T* vd = vc + sp[t] * kv_heads * d;
+          const T* kin = row + num_heads * d;
+          const T* vin = kin + kv_heads * d;
+          for (int64_t h = 0; h < kv_heads; ++h) rotate(kin + h * d, kw, c, s, kd + h * d);
+          std::copy(vin, vin + kv_heads * d, vd);
+        }
+      });
     });
   });
   return q;
+}
+
+Tensor rope_write_kv(const Tensor& qkv, const Tensor& cos, const Tensor& sin_signed, Tensor& k_cache,
+                     Tensor& v_cache, const Tensor& slots, int64_t num_heads) {
+  return rope_write_kv_impl(qkv, nullptr, nullptr, 0.0, cos, sin_signed, k_cache, v_cache, slots, num_heads);
+}
+
+Tensor norm_rope_write_kv(const Tensor& qkv, const Tensor& q_norm, const Tensor& k_norm, double eps,
+                          const Tensor& cos, const Tensor& sin_signed, Tensor& k_cache, Tensor& v_cache,
+                          const Tensor& slots, int64_t num_heads) {
+  return rope_write_kv_impl(qkv, &q_norm, &k_norm, eps, cos, sin_signed, k_cache, v_cache, slots, num_heads);
 }
 
 // ---------------------------------------------------------------- decode attention (row_kernels.h)
@@ -261,8 +320,11 @@ INFERD_LIBRARY(m) {
   m.def("rms_norm(Tensor(a!) out, Tensor x, Tensor weight, float eps) -> ()");
   m.def("add_rms_norm(Tensor(a!) x, Tensor(b!) residual, Tensor weight, float eps) -> ()");
   m.def("silu_and_mul(Tensor gate_up) -> Tensor");
+  m.def("gelu_tanh_and_mul(Tensor gate_up) -> Tensor");
   m.def("rope_write_kv(Tensor qkv, Tensor cos, Tensor sin_signed, Tensor(a!) k_cache, "
         "Tensor(b!) v_cache, Tensor slots, int num_heads) -> Tensor");
+  m.def("norm_rope_write_kv(Tensor qkv, Tensor q_norm, Tensor k_norm, float eps, Tensor cos, Tensor sin_signed, "
+        "Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, int num_heads) -> Tensor");
   m.def("paged_attention_rows(Tensor(a!) out, Tensor q, Tensor k_cache, Tensor v_cache, "
         "Tensor block_tables, Tensor seq_lens, float scale, int sliding_window) -> ()");
 }
@@ -271,6 +333,8 @@ INFERD_IMPL(CPU, m) {
   m.impl("rms_norm", rms_norm);
   m.impl("add_rms_norm", add_rms_norm);
   m.impl("silu_and_mul", silu_and_mul);
+  m.impl("gelu_tanh_and_mul", gelu_tanh_and_mul);
   m.impl("rope_write_kv", rope_write_kv);
+  m.impl("norm_rope_write_kv", norm_rope_write_kv);
   m.impl("paged_attention_rows", paged_attention_rows);
 }

@@ -89,9 +89,42 @@ struct Linear {
   const BFloat16* bias = nullptr;
 };
 
+// A norm weight: bf16 (Llama's norm) or fp32 (Gemma's 1 + w), see row_kernels.h's rms_norm_row.
+struct NormWeight {
+  const BFloat16* bf16 = nullptr;
+  const float* f32 = nullptr;
+  void apply(const BFloat16* x, BFloat16* out, int64_t n, double eps) const {
+    if (f32 != nullptr) {
+      inferd_rows::rms_norm_row<BFloat16, float>(x, f32, out, n, eps);
+    } else {
+      inferd_rows::rms_norm_row<BFloat16, BFloat16>(x, bf16, out, n, eps);
+    }
+  }
+  void rotate(const BFloat16* x, double eps, const BFloat16* c, const BFloat16* s, BFloat16* out, int64_t d) const {
+    if (f32 != nullptr) {
+      inferd_rows::norm_rope_head<BFloat16, float>(x, f32, eps, c, s, out, d);
+    } else {
+      inferd_rows::norm_rope_head<BFloat16, BFloat16>(x, bf16, eps, c, s, out, d);
+    }
+  }
+};
+
+NormWeight norm_weight(const Tensor& w, int64_t n, const char* what) {
+  TORCH_CHECK(w.defined() && w.is_contiguous() && w.numel() == n &&
+                  (w.scalar_type() == at::kBFloat16 || w.scalar_type() == at::kFloat),
+              "decode_team: the ", what, " norm weight must be contiguous bf16 or fp32 [", n, "]");
+  NormWeight nw;
+  if (w.scalar_type() == at::kFloat) {
+    nw.f32 = w.const_data_ptr<float>();
+  } else {
+    nw.bf16 = w.const_data_ptr<BFloat16>();
+  }
+  return nw;
+}
+
 // A thread's private working set, kept between steps so a step allocates nothing once warm.
 struct Scratch {
-  std::vector<BFloat16> residual, normed, act, doubled;
+  std::vector<BFloat16> residual, normed, act, doubled, side;
   std::vector<float> widened, attention;
   QuantizedRows quantized;
 };
@@ -243,17 +276,19 @@ Attend attend_for(int64_t d) {
 
 // decoder_layers.h's operations as one team thread runs them: its share of every shared phase
 // (matmul output rows, cache writes, attention heads), then a barrier; its own copy of the
-// elementwise work on the residual stream.
+// elementwise work on the residual stream (norms, adds, the gated activation).
 struct TeamExecutor {
   // The step, shared by the team (read-only here).
   const Linear* lin;
-  const std::vector<const BFloat16*>& norms;
-  int64_t t, rows, hidden, inter, q_width, qkv_width, num_heads, kv_heads, group, d, window, width, block_size;
+  const std::vector<NormWeight>& norms;  // per layer its NORMS_PER_LAYER slots, then the final norm
+  int64_t t, rows, hidden, inter, q_width, qkv_width, num_heads, kv_heads, group, d, width, block_size;
+  const int64_t* windows;
   double eps;
   float attn_scale;
   Attend attend;
   const int64_t *sp, *tp, *lp;
-  const BFloat16 *cp, *snp;
+  const BFloat16* const* cp;  // per layer: its rope table's rows for this step
+  const BFloat16* const* snp;
   BFloat16* const* kc;
   BFloat16* const* vc;
   // Shared activations: each element written by one thread in a phase, read after a barrier.
@@ -265,19 +300,32 @@ struct TeamExecutor {
   // This thread's.
   int tid;
   Scratch& s;
+  bool normed_output = false;  // norm() left O's or DOWN's normed rows in s.side for the next add
+  bool qk_norm_ = false;  // this layer's rope_write_kv normed k: attention norms q alike
 
   BFloat16* res() { return s.residual.data(); }
   BFloat16* xn() { return s.normed.data(); }
-  void add_norm_rows(const BFloat16* add, const BFloat16* w) {
+  const NormWeight& weight(int64_t l, int slot) const { return norms[l * inferd_layers::NORMS_PER_LAYER + slot]; }
+  const BFloat16* output(int from) {
+    if (normed_output) {
+      normed_output = false;
+      return s.side.data();
+    }
+    return from == inferd_layers::DOWN ? down : o;
+  }
+  void add_norm_rows(const BFloat16* add, const NormWeight& w) {
     for (int64_t r = 0; r < t; ++r) {
       if (add != nullptr) inferd_rows::add_row(res() + r * hidden, add + r * hidden, hidden);
-      inferd_rows::rms_norm_row(res() + r * hidden, w, xn() + r * hidden, hidden, eps);
+      w.apply(res() + r * hidden, xn() + r * hidden, hidden, eps);
     }
   }
 
-  void first_norm() { add_norm_rows(nullptr, norms[0]); }
-  void add_norm(int64_t l, int norm, int from) {
-    add_norm_rows(from == inferd_layers::DOWN ? down : o, norms[2 * l + norm]);
+  void first_norm() { add_norm_rows(nullptr, weight(0, inferd_layers::INPUT_NORM)); }
+  void add_norm(int64_t l, int norm, int from) { add_norm_rows(output(from), weight(l, norm)); }
+  void norm(int64_t l, int norm, int of) {  // this thread's copy of the normed rows, for the add that follows
+    const BFloat16* x = of == inferd_layers::DOWN ? down : o;
+    for (int64_t r = 0; r < t; ++r) weight(l, norm).apply(x + r * hidden, s.side.data() + r * hidden, hidden, eps);
+    normed_output = true;
   }
   void linear(int64_t l, int slot) {
     using namespace inferd_layers;
@@ -290,18 +338,25 @@ struct TeamExecutor {
   }
   // Keys and values into the cache (rope_write_kv's part), one (row, kv head) per task; the
   // queries are rotated by the attention tasks.
-  void rope_write_kv(int64_t l) {
+  void rope_write_kv(int64_t l, bool qk_norm) {
     queue.run(6 * l + 1, t * kv_heads, 1, tid, [&](int64_t task, int64_t) {
       const int64_t r = task / kv_heads, h = task % kv_heads;
       if (sp[r] < 0) return;
       const BFloat16* kin = qkv + r * qkv_width + q_width + h * d;
-      inferd_rows::rope_head(kin, cp + r * d, snp + r * d, kc[l] + (sp[r] * kv_heads + h) * d, d);
+      BFloat16* kd = kc[l] + (sp[r] * kv_heads + h) * d;
+      if (qk_norm) {
+        weight(l, inferd_layers::K_NORM).rotate(kin, eps, cp[l] + r * d, snp[l] + r * d, kd, d);
+      } else {
+        inferd_rows::rope_head(kin, cp[l] + r * d, snp[l] + r * d, kd, d);
+      }
       std::copy(kin + kv_heads * d, kin + kv_heads * d + d, vc[l] + (sp[r] * kv_heads + h) * d);
     });
+    qk_norm_ = qk_norm;
     barrier.wait();
   }
   // One (row, query head) per task: rotate the query, then attend its prefix.
   void attention(int64_t l) {
+    const int64_t window = windows[l];
     queue.run(6 * l + 2, t * num_heads, 1, tid, [&](int64_t task, int64_t) {
       const int64_t r = task / num_heads, j = task % num_heads, h = j / group;
       BFloat16* dst = attn + r * q_width + j * d;
@@ -310,7 +365,12 @@ struct TeamExecutor {
         return;
       }
       BFloat16* qj = q + r * q_width + j * d;
-      inferd_rows::rope_head(qkv + r * qkv_width + j * d, cp + r * d, snp + r * d, qj, d);
+      const BFloat16* qin = qkv + r * qkv_width + j * d;
+      if (qk_norm_) {
+        weight(l, inferd_layers::Q_NORM).rotate(qin, eps, cp[l] + r * d, snp[l] + r * d, qj, d);
+      } else {
+        inferd_rows::rope_head(qin, cp[l] + r * d, snp[l] + r * d, qj, d);
+      }
       const int64_t hi = lp[r], lo = window > 0 ? std::max<int64_t>(0, hi - window) : 0;
       s.attention.resize((hi - lo) + d);
       // The kernel indexes query and output by kv head h; shift both so that lands on head j.
@@ -319,14 +379,19 @@ struct TeamExecutor {
     });
     barrier.wait();
   }
-  void silu_mul(int64_t) {
-    for (int64_t r = 0; r < t; ++r)
-      inferd_rows::silu_mul_row(gate_up + r * 2 * inter, gate_up + r * 2 * inter + inter, s.act.data() + r * inter,
-                                inter);
+  void gated_act(int64_t, bool gelu) {
+    for (int64_t r = 0; r < t; ++r) {
+      const BFloat16* g = gate_up + r * 2 * inter;
+      if (gelu) {
+        inferd_rows::gelu_tanh_mul_row(g, g + inter, s.act.data() + r * inter, inter);
+      } else {
+        inferd_rows::silu_mul_row(g, g + inter, s.act.data() + r * inter, inter);
+      }
+    }
   }
   void final_norm() {  // the per-op path leaves the final residual in x and returns the normed rows
     if (tid != 0) return;
-    add_norm_rows(down, norms.back());
+    add_norm_rows(output(inferd_layers::DOWN), norms.back());
     std::copy(res(), res() + t * hidden, x_io);
     std::copy(xn(), xn() + t * hidden, out);
   }
@@ -344,9 +409,12 @@ bool serves(const Tensor& x, at::IntArrayRef layout, int64_t max_rows) {
 }
 
 Tensor decoder_stack(const Tensor& x_in, const c10::List<std::optional<Tensor>>& weights, at::IntArrayRef layout,
-                     double eps, double scale, int64_t num_heads, int64_t head_dim, int64_t window,
-                     const Tensor& cos, const Tensor& sin_signed, at::TensorList kv_caches, const Tensor& slots,
-                     const Tensor& tables, const Tensor& lens) {
+                     int64_t structure, double eps, double scale, int64_t num_heads, int64_t head_dim,
+                     at::IntArrayRef windows, at::TensorList cos, at::TensorList sin_signed,
+                     at::IntArrayRef layer_rope, at::TensorList kv_caches, const Tensor& slots, const Tensor& tables,
+                     const Tensor& lens) {
+  using inferd_layers::NORMS_PER_LAYER;
+  using inferd_layers::PER_LAYER;
   const int64_t layers = static_cast<int64_t>(kv_caches.size()) / 2;
   const int64_t t = x_in.size(0), hidden = x_in.size(1), rows = lens.size(0);
   TORCH_CHECK(x_in.is_contiguous() && x_in.dim() == 2, "decode_team: x must be contiguous [T, hidden]");
@@ -361,10 +429,11 @@ Tensor decoder_stack(const Tensor& x_in, const c10::List<std::optional<Tensor>>&
   for (const Tensor& c : kv_caches)
     TORCH_CHECK(c.is_contiguous() && c.sizes() == k0.sizes() && c.scalar_type() == at::kBFloat16,
                 "decode_team: every cache must be contiguous bf16 of one shape");
-  TORCH_CHECK(cos.is_contiguous() && sin_signed.is_contiguous() && cos.numel() == t * head_dim &&
-                  sin_signed.numel() == t * head_dim && cos.scalar_type() == at::kBFloat16 &&
-                  sin_signed.scalar_type() == at::kBFloat16,
-              "decode_team: cos and sin_signed must be contiguous bf16 with one head_dim row per token");
+  for (size_t i = 0; i < cos.size(); ++i)
+    TORCH_CHECK(cos[i].is_contiguous() && sin_signed[i].is_contiguous() && cos[i].numel() == t * head_dim &&
+                    sin_signed[i].numel() == t * head_dim && cos[i].scalar_type() == at::kBFloat16 &&
+                    sin_signed[i].scalar_type() == at::kBFloat16,
+                "decode_team: cos and sin_signed must be contiguous bf16 with one head_dim row per token");
   // Everything the per-op path would refuse is refused here, before the team starts: nothing
   // may throw inside the parallel region.
   TORCH_CHECK(slots.scalar_type() == at::kLong && slots.is_contiguous() && slots.numel() == t,
@@ -387,7 +456,8 @@ Tensor decoder_stack(const Tensor& x_in, const c10::List<std::optional<Tensor>>&
     }
   }
   std::vector<Linear> lin;
-  std::vector<const BFloat16*> norms;
+  std::vector<NormWeight> norms;
+  static const char* const norm_names[NORMS_PER_LAYER] = {"input", "mlp", "attention-out", "mlp-out", "q", "k"};
   int64_t inter = 0;
   for (int64_t l = 0; l < layers; ++l) {
     const int64_t w0 = l * PER_LAYER;
@@ -396,25 +466,22 @@ Tensor decoder_stack(const Tensor& x_in, const c10::List<std::optional<Tensor>>&
       std::optional<Tensor> v = weights.get(i);
       return v.has_value() ? *v : Tensor();
     };
-    for (int i = 0; i < 2; ++i) {
+    for (int i = 0; i < NORMS_PER_LAYER; ++i) {  // absent slots stay empty: the structure never reads them
       const Tensor w = get(w0 + i);
-      TORCH_CHECK(w.scalar_type() == at::kBFloat16 && w.is_contiguous() && w.numel() == hidden,
-                  "decode_team: norm weights must be contiguous bf16 [hidden]");
-      norms.push_back(w.const_data_ptr<BFloat16>());
+      norms.push_back(w.defined() ? norm_weight(w, i >= inferd_layers::Q_NORM ? head_dim : hidden, norm_names[i])
+                                  : NormWeight{});
     }
-    const Tensor gate_up = get(w0 + 2 + 3 * 2);  // [2I/16, ..] tiles or [2I, K] rows
+    const Tensor gate_up = get(w0 + NORMS_PER_LAYER + 3 * 2);  // [2I/16, ..] tiles or [2I, K] rows
     inter = (lay[4] == INT8 || lay[4] == FP8 ? gate_up.size(0) : gate_up.size(0) * 16) / 2;
     const int64_t in[4] = {hidden, q_width, hidden, inter}, out[4] = {qkv_width, hidden, 2 * inter, hidden};
     for (int i = 0; i < 4; ++i) {
-      const int64_t base = w0 + 2 + 3 * i;
+      const int64_t base = w0 + NORMS_PER_LAYER + 3 * i;
       lin.push_back(describe(lay[2 * i], lay[2 * i + 1], get(base), get(base + 1), get(base + 2), in[i], out[i]));
     }
   }
   {
     std::optional<Tensor> f = weights.get(layers * PER_LAYER);
-    TORCH_CHECK(f.has_value() && f->scalar_type() == at::kBFloat16 && f->numel() == hidden,
-                "decode_team: the final norm weight must be bf16 [hidden]");
-    norms.push_back(f->const_data_ptr<BFloat16>());
+    norms.push_back(norm_weight(f.has_value() ? *f : Tensor(), hidden, "final"));
   }
 
   // Shared activations: each element written by one thread in a phase, read after a barrier.
@@ -427,10 +494,11 @@ Tensor decoder_stack(const Tensor& x_in, const c10::List<std::optional<Tensor>>&
   BFloat16* gate_up = o + t * hidden;
   BFloat16* down = gate_up + t * 2 * inter;
   BFloat16* x_io = x_in.mutable_data_ptr<BFloat16>();
-  const BFloat16* cp = cos.const_data_ptr<BFloat16>();
-  const BFloat16* snp = sin_signed.const_data_ptr<BFloat16>();
+  std::vector<const BFloat16*> cp(layers), snp(layers);
   std::vector<BFloat16*> kc(layers), vc(layers);
   for (int64_t l = 0; l < layers; ++l) {
+    cp[l] = cos[layer_rope[l]].const_data_ptr<BFloat16>();
+    snp[l] = sin_signed[layer_rope[l]].const_data_ptr<BFloat16>();
     kc[l] = kv_caches[2 * l].mutable_data_ptr<BFloat16>();
     vc[l] = kv_caches[2 * l + 1].mutable_data_ptr<BFloat16>();
   }
@@ -453,11 +521,12 @@ Tensor decoder_stack(const Tensor& x_in, const c10::List<std::optional<Tensor>>&
     s.residual.assign(x_io, x_io + t * hidden);
     s.normed.resize(t * hidden);
     s.act.resize(t * inter);
+    s.side.resize(t * hidden);
     TeamExecutor e{lin.data(), norms, t, rows, hidden, inter, q_width, qkv_width, num_heads, kv_heads, group, d,
-                   window, width, block_size, eps, attn_scale, attend, sp, tp, lp, cp, snp, kc.data(), vc.data(),
-                   qkv, q, attn, o, gate_up, down, x_io, out.mutable_data_ptr<BFloat16>(), barrier,
-                   *queue_of_team, tid, s};
-    inferd_layers::run_decoder_layers(e, layers);
+                   width, block_size, windows.data(), eps, attn_scale, attend, sp, tp, lp, cp.data(), snp.data(),
+                   kc.data(), vc.data(), qkv, q, attn, o, gate_up, down, x_io, out.mutable_data_ptr<BFloat16>(),
+                   barrier, *queue_of_team, tid, s};
+    inferd_layers::run_decoder_layers(e, layers, structure);
   }
   return out;
 }

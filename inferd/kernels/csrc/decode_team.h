@@ -9,7 +9,6 @@
 
 namespace inferd_team {
 
-constexpr int64_t PER_LAYER = 14;  // tensors per layer in decoder_stack's `weights`
 // The linear kinds are defined once, in inferd/kernels/native_kinds.py; cpu_ops.py passes them
 // as -DINFERD_KIND_<NAME>=<id> (list every new one in INFERD_LINEAR_KINDS below too).
 #define INFERD_LINEAR_KINDS(X) X(PACKED) X(INT4) X(INT8) X(FP8) X(INT8_PLANES) X(INT8_TILES)
@@ -28,9 +27,9 @@ bool serves(const at::Tensor& x, at::IntArrayRef layout, int64_t max_rows);
 
 // decoder_stack's contract (see decoder_stack.cpp), computed by the team; bitwise the same.
 at::Tensor decoder_stack(const at::Tensor& x_in, const c10::List<std::optional<at::Tensor>>& weights,
-                         at::IntArrayRef layout, double eps, double scale, int64_t num_heads, int64_t head_dim,
-                         int64_t window, const at::Tensor& cos, const at::Tensor& sin_signed,
-                         at::TensorList kv_caches, const at::Tensor& slots, const at::Tensor& tables,
-                         const at::Tensor& lens);
+                         at::IntArrayRef layout, int64_t structure, double eps, double scale, int64_t num_heads,
+                         int64_t head_dim, at::IntArrayRef windows, at::TensorList cos, at::TensorList sin_signed,
+                         at::IntArrayRef layer_rope, at::TensorList kv_caches, const at::Tensor& slots,
+                         const at::Tensor& tables, const at::Tensor& lens);
 
 }  // namespace inferd_team

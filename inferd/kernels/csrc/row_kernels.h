@@ -26,10 +26,13 @@ template <typename T> inline float round_as(float v) { return to_f(static_cast<T
 
 // ---------------------------------------------------------------- RMSNorm
 
-// HF's RMSNorm: y = x * rsqrt(mean(x^2) + eps) in fp32, rounded to T, then weight * y in T.
+// HF's RMSNorm: y = x * rsqrt(mean(x^2) + eps) in fp32, then times the weight in the weight's
+// dtype W: a weight in T (Llama's RMSNorm) multiplies y rounded to T, in T; an fp32 weight
+// multiplies the fp32 y and rounds once (Gemma's norm, given 1 + w precomputed in fp32, which is
+// its `(normed * (1.0 + w.float())).to(dtype)`). For T = float both are one and the same.
 // Sixteen partial sums let the compiler vectorise the reduction without -ffast-math.
-template <typename T>
-inline void rms_norm_row(const T* x, const T* w, T* out, int64_t n, double eps) {
+template <typename T, typename W = T>
+inline void rms_norm_row(const T* x, const W* w, T* out, int64_t n, double eps) {
   float part[16] = {};
   int64_t i = 0;
   for (; i + 16 <= n; i += 16)
@@ -42,7 +45,7 @@ inline void rms_norm_row(const T* x, const T* w, T* out, int64_t n, double eps) 
   for (float p : part) sum += p;
   const float r = 1.f / std::sqrt(sum / static_cast<float>(n) + static_cast<float>(eps));
   for (int64_t k = 0; k < n; ++k) {
-    out[k] = static_cast<T>(to_f(w[k]) * round_as<T>(to_f(x[k]) * r));
+    out[k] = static_cast<T>(to_f(w[k]) * round_as<W>(to_f(x[k]) * r));
   }
 }
 
@@ -71,6 +74,46 @@ inline void silu_mul_row(const T* g, const T* u, T* o, int64_t half) {
   for (; i < half; ++i) {
     const float gv = to_f(g[i]);
     o[i] = static_cast<T>(round_as<T>(gv / (1.f + std::exp(-gv))) * to_f(u[i]));
+  }
+}
+
+// One row of gelu_tanh(gate) * up (torch's gelu(approximate="tanh")), each step rounded to T
+// as the separate torch ops do. 0.5 g (1 + tanh(z)) is computed as g / (1 + exp(-2z)), the same
+// function through the exp the silu kernel uses, without the cancellation in 1 + tanh(z): it
+// matches torch to one bf16 ulp except far left (gate < -4), where torch's 1 + tanh(z) is
+// rounding noise and then exactly 0, and this keeps the tiny true value (tested).
+constexpr float GELU_K0 = 0.7978845608028654f;  // sqrt(2 / pi)
+constexpr float GELU_K1 = 0.044715f;
+template <typename T>
+inline void gelu_tanh_mul_row(const T* g, const T* u, T* o, int64_t half) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  using namespace inferd_vec;
+  for (; i + 16 <= half; i += 16) {
+    const __m512 gv = load16(g + i);
+    const __m512 cube = _mm512_mul_ps(_mm512_mul_ps(gv, gv), gv);
+    const __m512 z =
+        _mm512_mul_ps(_mm512_set1_ps(GELU_K0), _mm512_add_ps(gv, _mm512_mul_ps(_mm512_set1_ps(GELU_K1), cube)));
+    const __m512 e = exp16(_mm512_mul_ps(_mm512_set1_ps(-2.f), z));
+    const __m512 gelu = round_as16(_mm512_div_ps(gv, _mm512_add_ps(e, _mm512_set1_ps(1.f))), T{});
+    store16(o + i, round_as16(_mm512_mul_ps(gelu, load16(u + i)), T{}));
+  }
+#elif defined(__AVX2__) && defined(__FMA__)
+  using namespace inferd_vec;  // the AVX-512 loop's operations eight lanes at a time: bitwise alike
+  for (; i + 8 <= half; i += 8) {
+    const __m256 gv = load8(g + i);
+    const __m256 cube = _mm256_mul_ps(_mm256_mul_ps(gv, gv), gv);
+    const __m256 z =
+        _mm256_mul_ps(_mm256_set1_ps(GELU_K0), _mm256_add_ps(gv, _mm256_mul_ps(_mm256_set1_ps(GELU_K1), cube)));
+    const __m256 e = exp8(_mm256_mul_ps(_mm256_set1_ps(-2.f), z));
+    const __m256 gelu = round_as8(_mm256_div_ps(gv, _mm256_add_ps(e, _mm256_set1_ps(1.f))), T{});
+    store8(o + i, round_as8(_mm256_mul_ps(gelu, load8(u + i)), T{}));
+  }
+#endif
+  for (; i < half; ++i) {
+    const float gv = to_f(g[i]);
+    const float z = GELU_K0 * (gv + GELU_K1 * (gv * gv * gv));
+    o[i] = static_cast<T>(round_as<T>(gv / (1.f + std::exp(-2.f * z))) * to_f(u[i]));
   }
 }
 
@@ -107,6 +150,16 @@ inline void rope_head(const T* x, const T* cos, const T* sin, T* out, int64_t d)
     const float b = round_as<T>(swapped * to_f(sin[i]));
     out[i] = static_cast<T>(a + b);
   }
+}
+
+// qk-norm then rope for one head (Qwen3, Gemma 3): the head normed over head_dim (rounded to T,
+// as the norm op's output is) and then rotated, as the Python path's norm and apply_rope do.
+constexpr int64_t MAX_NORMED_HEAD = 256;  // the largest head_dim compiled in (attention.h)
+template <typename T, typename W>
+inline void norm_rope_head(const T* x, const W* w, double eps, const T* cos, const T* sin, T* out, int64_t d) {
+  T normed[MAX_NORMED_HEAD];
+  rms_norm_row<T, W>(x, w, normed, d, eps);
+  rope_head<T>(normed, cos, sin, out, d);
 }
 
 }  // namespace inferd_rows
