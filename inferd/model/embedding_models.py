@@ -32,6 +32,11 @@ EMBEDDING_ALIASES = {
 }
 
 
+def embedding_aliases(model: str) -> list[str]:
+    """The other names a bundled embedding model answers to (served, not listed)."""
+    return [alias for alias, name in EMBEDDING_ALIASES.items() if name == model]
+
+
 def resolve_embedding_model(model: str) -> Path | None:
     """The directory of `model` if it names a bundled embedding model or is a local directory
     holding an encoder checkpoint; None for anything else (a chat model, a GGUF file)."""
