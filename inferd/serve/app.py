@@ -17,6 +17,7 @@ from inferd.serve import embeddings, openai, tokenizer_routes
 from inferd.serve.auth import APIKeyMiddleware, tenant_of
 from inferd.serve.body_limit import DEFAULT_MAX_REQUEST_BYTES, BodyLimitMiddleware
 from inferd.serve.embedding_metrics import EmbeddingCollector
+from inferd.serve.embeddings_openapi import embedding_limits, install_embeddings_openapi
 from inferd.serve.errors import install_error_handlers
 from inferd.serve.metrics import ServerMetrics
 from inferd.serve.openapi import install_openapi, shared_limits
@@ -59,6 +60,7 @@ def build_app(engines: dict[str, ServedEngine], *, hidden_aliases: dict[str, Ser
     app.state.shared_prefix_cache = shared_prefix_cache  # open routes then do not list the served models
     install_error_handlers(app)
     install_openapi(app, api_key_required=bool(keys), limits=shared_limits(models.engines().values()))
+    install_embeddings_openapi(app, embedding_limits(models.embedders().values()), api_key_required=bool(keys))
     app.include_router(openai.router)
     app.include_router(embeddings.router)
     app.include_router(tokenizer_routes.router)
