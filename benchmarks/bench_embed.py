@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import machine, median  # noqa: E402
-from inferd.embedder import Embedder  # noqa: E402
+from inferd.embedder import DEFAULT_MAX_BATCH_TOKENS, Embedder  # noqa: E402
 from inferd.model.embedding_models import resolve_embedding_model  # noqa: E402
 
 _WORDS = ("the model reads each sentence and returns one vector that places similar meanings "
@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS,
+                    help="inferd's padded tokens per forward pass")
     ap.add_argument("--st-path", default=None, help="a directory holding sentence-transformers")
     args = ap.parse_args()
     if args.st_path:
@@ -62,7 +64,7 @@ def main() -> None:
 
     path = resolve_embedding_model(args.model)
     texts = sentences(args.texts)
-    ours = Embedder.from_path(path, dtype=args.dtype)
+    ours = Embedder.from_path(path, dtype=args.dtype, max_batch_tokens=args.max_batch_tokens)
     tok = AutoTokenizer.from_pretrained(str(path))
     ref = AutoModel.from_pretrained(str(path), dtype=getattr(torch, args.dtype)).eval()
 
