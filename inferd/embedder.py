@@ -21,7 +21,7 @@ from inferd.model.errors import ModelLoadError
 from inferd.model.pooling import PoolingConfig, check_dimensions, pool, truncate_dimensions
 
 EmbedInput = str | Sequence[int]
-DEFAULT_MAX_BATCH_TOKENS = 8192
+DEFAULT_MAX_BATCH_TOKENS = 2048  # larger batches measured slower on CPU (big temporaries)
 
 
 class EmbeddingInputError(ValueError):
