@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from inferd.serve.embeddings import SEMANTIC_400 as EMBEDDING_SEMANTIC_400
 from inferd.serve.openapi import SEMANTIC_400, SEMANTIC_400_BY_ROUTE, SEMANTIC_CODES_KEY
 
 from .helpers import REPO
@@ -66,11 +67,14 @@ def test_the_hook_passes_only_listed_codes_for_valid_bodies(hooks):
 def test_the_config_allows_400_only_on_the_routes_that_list_codes():
     config = tomllib.loads((REPO / "schemathesis.toml").read_text())
     assert (REPO / config["hooks"]).is_file()
-    (operation,) = config["operations"]
-    statuses = operation["checks"]["positive_data_acceptance"]["expected-statuses"]
-    assert "400" in statuses and "422" not in statuses and "4xx" not in statuses
-    routes = {path for _, path in SEMANTIC_400_BY_ROUTE}
-    pattern = re.compile(operation["include-path-regex"])
-    assert {p for p in routes | {"/tokenize", "/detokenize", "/v1/models"} if pattern.search(p)} == routes
+    routes = {path for _, path in SEMANTIC_400_BY_ROUTE} | {"/v1/embeddings"}
+    matched: set[str] = set()
+    for operation in config["operations"]:
+        statuses = operation["checks"]["positive_data_acceptance"]["expected-statuses"]
+        assert "400" in statuses and "422" not in statuses and "4xx" not in statuses
+        pattern = re.compile(operation["include-path-regex"])
+        matched |= {p for p in routes | {"/tokenize", "/detokenize", "/v1/models"} if pattern.search(p)}
+    assert matched == routes
     text = (REPO / "schemathesis.toml").read_text()
-    assert all(code in text for code in SEMANTIC_400)  # each allowed code is explained there
+    # each allowed code is explained there
+    assert all(code in text for code in [*SEMANTIC_400, *EMBEDDING_SEMANTIC_400])
