@@ -33,8 +33,12 @@ EMBEDDING_ALIASES = {
 
 
 def embedding_aliases(model: str) -> list[str]:
-    """The other names a bundled embedding model answers to (served, not listed)."""
-    return [alias for alias, name in EMBEDDING_ALIASES.items() if name == model]
+    """The other names of a bundled embedding model (its canonical name and aliases, less
+    `model`): served, not listed. Empty for anything else."""
+    name = EMBEDDING_ALIASES.get(model, model)
+    if name not in BUNDLED_EMBEDDING:
+        return []
+    return [n for n in [name, *(a for a, t in EMBEDDING_ALIASES.items() if t == name)] if n != model]
 
 
 def resolve_embedding_model(model: str) -> Path | None:

@@ -70,6 +70,10 @@ def test_models_say_which_is_which(client):
     assert cards["tiny"].task == "generate"
     assert cards[MINI].task == "embed" and cards[MINI].max_model_len == 256
     assert client.models.retrieve(MINI).task == "embed"
+    # The bundled model's documented other names are served, not listed.
+    alias = "sentence-transformers/all-MiniLM-L6-v2"
+    assert alias not in cards
+    assert client.embeddings.create(model=alias, input="x").model == alias
 
 
 def test_float_list_input(client, embedder):
