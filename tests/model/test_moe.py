@@ -27,8 +27,8 @@ from inferd.model.moe import (
     moe_state_dict,
 )
 from inferd.quant.apply import quantize_model
-from inferd.quant.formats import quantize
 from inferd.quant.linear import Int4Linear, Int8Linear
+from inferd.quant.registry import quantize
 
 HIDDEN, INTER, SHARED, EXPERTS, TOP_K = 64, 32, 48, 8, 2
 # Qwen3-MoE checkpoints renormalise the top-k weights, Qwen1.5/2-MoE ones do not (config defaults).
