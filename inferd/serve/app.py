@@ -60,7 +60,8 @@ def build_app(engines: dict[str, ServedEngine], *, hidden_aliases: dict[str, Ser
     app.state.shared_prefix_cache = shared_prefix_cache  # open routes then do not list the served models
     install_error_handlers(app)
     install_openapi(app, api_key_required=bool(keys), limits=shared_limits(models.engines().values()))
-    install_embeddings_openapi(app, embedding_limits(models.embedders().values()), api_key_required=bool(keys))
+    install_embeddings_openapi(app, embedding_limits(models.embedders().values()), api_key_required=bool(keys),
+                               both_kinds=bool(models.embedders()) and bool(models.engines()))
     app.include_router(openai.router)
     app.include_router(embeddings.router)
     app.include_router(tokenizer_routes.router)

@@ -1,5 +1,6 @@
 """The OpenAPI document of POST /v1/embeddings as the route behaves (see openapi.py for why the
-document must be exact: generated clients and schemathesis read it).
+document must be exact: generated clients and schemathesis read it), and, where one server
+serves both kinds of model, the wrong-kind 400 of every route that takes a `model`.
 
 It adds, on top of what openapi.py does for every route, the statuses the route answers, the
 bounds the served embedding models share (token ids below the vocabulary, inputs per request
@@ -18,6 +19,7 @@ from fastapi import FastAPI
 from inferd.engine.async_embedder import AsyncEmbedder
 from inferd.serve.embeddings import MAX_INPUTS, MAX_REQUEST_TOKENS, SEMANTIC_400
 from inferd.serve.openapi import DESCRIPTIONS, SEMANTIC_CODES_KEY
+from inferd.serve.registry import WRONG_MODEL_KIND
 
 ROUTE = ("/v1/embeddings", "post")
 STATUSES = [400, 401, 404, 408, 413, 429, 503]
@@ -45,14 +47,24 @@ def embedding_limits(embedders: Iterable[AsyncEmbedder]) -> EmbeddingLimits:
                            shared({e.max_waiting_inputs for e in embedders}))
 
 
-def install_embeddings_openapi(app: FastAPI, limits: EmbeddingLimits, api_key_required: bool) -> None:
-    """Wrap the app's document builder (install after openapi.install_openapi)."""
+# Routes that take a `model` and serve one kind of model: naming a served model of the other
+# kind is a 400 (WRONG_MODEL_KIND) no schema can foresee without listing the served names.
+KIND_ROUTES = [("/v1/chat/completions", "post"), ("/v1/completions", "post"), ("/tokenize", "post"),
+               ("/detokenize", "post"), ("/tokenizer_info", "get"), ROUTE]
+
+
+def install_embeddings_openapi(app: FastAPI, limits: EmbeddingLimits, api_key_required: bool,
+                               both_kinds: bool) -> None:
+    """Wrap the app's document builder (install after openapi.install_openapi). both_kinds:
+    the server serves generation and embedding models, so a route can meet the other kind."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         schema = build()
         if not schema.get("x-embeddings-documented"):
             document(schema, limits, api_key_required)
+            if both_kinds:
+                document_wrong_kind(schema)
             schema["x-embeddings-documented"] = True
         return schema
 
@@ -98,6 +110,20 @@ def document(schema: dict[str, Any], limits: EmbeddingLimits, api_key_required: 
             "vLLM's: cut each input to this many tokens, special tokens included (-1: to the model's "
             "max_seq_length). Without it an input over max_seq_length is a 400 "
             "(context_length_exceeded).")
+
+
+def document_wrong_kind(schema: dict[str, Any]) -> None:
+    """List WRONG_MODEL_KIND among each model-taking route's schema-valid 400 codes."""
+    for path, method in KIND_ROUTES:
+        response = schema.get("paths", {}).get(path, {}).get(method, {}).get("responses", {}).get("400")
+        if response is None:
+            continue
+        codes = response.setdefault(SEMANTIC_CODES_KEY, [])
+        if WRONG_MODEL_KIND not in codes:
+            codes.append(WRONG_MODEL_KIND)
+            response["description"] += (f"; {WRONG_MODEL_KIND}: `model` names a served model of the "
+                                        "other kind (an embedding model here, or a generation model "
+                                        "on /v1/embeddings)")
 
 
 def _json_schema_bounds(node: Any) -> None:

@@ -194,6 +194,10 @@ def test_openapi_documents_the_route(http):
     assert {"200", "400", "401", "404", "413", "429", "503"} <= set(op["responses"])
     assert "422" not in op["responses"]
     assert "context_length_exceeded" in op["responses"]["400"]["x-semantic-error-codes"]
+    # Both kinds are served: every route taking a model lists the wrong-kind 400.
+    for path, method in [("/v1/embeddings", "post"), ("/v1/chat/completions", "post"),
+                         ("/tokenizer_info", "get")]:
+        assert "wrong_model_kind" in doc["paths"][path][method]["responses"]["400"]["x-semantic-error-codes"]
     props = doc["components"]["schemas"]["EmbeddingRequest"]["properties"]
     ids = next(b for b in props["input"]["anyOf"] if b.get("items", {}).get("type") == "integer")
     assert ids["items"] == {"type": "integer", "minimum": 0, "maximum": 30521}
