@@ -148,9 +148,10 @@ def test_length_runs_and_padded_grid_agree(tiny_bert, monkeypatch):
     ours = load_bert_encoder(tiny_bert)
     gen = torch.Generator().manual_seed(0)
     seqs = [torch.randint(5, ours.config.vocab_size, (n,), generator=gen).tolist() for n in (9, 9, 9, 5, 5, 2, 1)]
+    monkeypatch.setattr(bert, "MAX_LENGTH_RUNS", 4)
     by_runs = PackedBatch.from_sequences(seqs)
     assert by_runs.runs == ((0, 3, 9), (27, 2, 5), (37, 1, 2), (39, 1, 1))
-    monkeypatch.setattr(bert, "MAX_LENGTH_RUNS", 3)
+    monkeypatch.setattr(bert, "MAX_LENGTH_RUNS", 3)  # 4 runs: too many
     by_grid = PackedBatch.from_sequences(seqs)
     assert by_grid.runs is None
     with torch.no_grad():
