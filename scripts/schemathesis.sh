@@ -40,7 +40,10 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 "$INFERD_PYTHON" scripts/tiny_checkpoint.py "$work/tiny" >/dev/null 2>&1
 port=$("$INFERD_PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 key="sk-schemathesis-$RANDOM$RANDOM"
-INFERD_API_KEY=$key "$INFERD_PYTHON" -m inferd.cli serve --model "$work/tiny" --host 127.0.0.1 --port "$port" \
+# The bundled embedding model too, so /v1/embeddings is fuzzed; its queue bounds a request's
+# inputs to 64 in the document, which keeps the costliest schema-valid request short.
+INFERD_API_KEY=$key "$INFERD_PYTHON" -m inferd.cli serve --model "$work/tiny" --model all-minilm-l6-v2 \
+  --host 127.0.0.1 --port "$port" --max-waiting-embedding-inputs 64 \
   --dtype float32 --kv-cache-memory 0.1 --max-model-len 64 --max-waiting-requests 8 --max-num-seqs 8 \
   --disable-access-log --log-level warning >"$work/server.log" 2>&1 &
 server_pid=$!

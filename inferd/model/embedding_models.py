@@ -32,6 +32,15 @@ EMBEDDING_ALIASES = {
 }
 
 
+def embedding_aliases(model: str) -> list[str]:
+    """The other names of a bundled embedding model (its canonical name and aliases, less
+    `model`): served, not listed. Empty for anything else."""
+    name = EMBEDDING_ALIASES.get(model, model)
+    if name not in BUNDLED_EMBEDDING:
+        return []
+    return [n for n in [name, *(a for a, t in EMBEDDING_ALIASES.items() if t == name)] if n != model]
+
+
 def resolve_embedding_model(model: str) -> Path | None:
     """The directory of `model` if it names a bundled embedding model or is a local directory
     holding an encoder checkpoint; None for anything else (a chat model, a GGUF file)."""

@@ -12,6 +12,8 @@ import logging
 import os
 import sys
 
+from inferd.embedder import DEFAULT_MAX_BATCH_TOKENS
+from inferd.engine.async_embedder import DEFAULT_MAX_WAITING_INPUTS, AsyncEmbedder
 from inferd.engine_args import add_engine_args, engine_config_from_args
 from inferd.serve.body_limit import DEFAULT_MAX_REQUEST_BYTES
 from inferd.serve.connections import DEFAULT_HEADER_TIMEOUT
@@ -58,6 +60,14 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
                         "control tokens; off by default, so users cannot forge turns")
     s.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may take to finish")
+    e = p.add_argument_group("embedding models (a --model that is an encoder serves /v1/embeddings)")
+    e.add_argument("--max-waiting-embedding-inputs", type=int, default=DEFAULT_MAX_WAITING_INPUTS,
+                   metavar="N", help="inputs queued for an embedding model before new requests get 429 "
+                   f"(default {DEFAULT_MAX_WAITING_INPUTS})")
+    e.add_argument("--max-embedding-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS, metavar="N",
+                   help="padded tokens per encoder forward pass (default "
+                        f"{DEFAULT_MAX_BATCH_TOKENS}); the worker takes this many tokens of queued "
+                        "requests per step")
     s.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     s.add_argument("--disable-access-log", action="store_true", help="do not log each HTTP request")
 
@@ -86,6 +96,24 @@ def _api_keys(args: argparse.Namespace) -> dict[str, str]:
                     "prefer INFERD_API_KEY or --api-key-file")
     key = key or os.environ.get("INFERD_API_KEY")
     return {key: tenant_of(key)} if key else {}
+
+
+def load_embedder(args: argparse.Namespace, model: str) -> AsyncEmbedder | None:
+    """An embedding model's queue when `model` names one (a bundled encoder or a BERT
+    directory), else None: a generation model, loaded by AsyncEngine."""
+    import torch
+
+    from inferd.embedder import Embedder
+    from inferd.model.embedding_models import resolve_embedding_model
+
+    if resolve_embedding_model(model) is None:
+        return None
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    embedder = Embedder.from_path(model, dtype=args.dtype, device=device,
+                                  max_batch_tokens=args.max_embedding_batch_tokens, truncate=False)
+    return AsyncEmbedder(embedder, max_waiting_inputs=args.max_waiting_embedding_inputs)
 
 
 def add_serve_parser(subparsers) -> None:
@@ -120,13 +148,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     api_keys = _api_keys(args)
 
-    engines: list[AsyncEngine] = []
+    engines: list[AsyncEngine | AsyncEmbedder] = []
     try:
-        served: dict[str, AsyncEngine] = {}
-        hidden: dict[str, AsyncEngine] = {}
+        served: dict[str, AsyncEngine | AsyncEmbedder] = {}
+        hidden: dict[str, AsyncEngine | AsyncEmbedder] = {}
         for spec in specs:
             log.info("loading %s", spec.model)
-            engine = AsyncEngine(engine_config_from_args(spec.engine_args(args), model=spec.model))
+            spec_args = spec.engine_args(args)
+            engine = (load_embedder(spec_args, spec.model)
+                      or AsyncEngine(engine_config_from_args(spec_args, model=spec.model)))
             engines.append(engine)
             for name in spec.names:
                 served[name] = engine

@@ -17,7 +17,14 @@ from typing import Any
 
 import yaml
 
-from inferd.model.registry import DEFAULT_MODEL, bundled_aliases
+from inferd.model.embedding_models import embedding_aliases
+from inferd.model.registry import DEFAULT_MODEL
+from inferd.model.registry import bundled_aliases as _generation_aliases
+
+
+def bundled_aliases(model: str) -> list[str]:
+    """A bundled model's documented other names, generation or embedding model alike."""
+    return _generation_aliases(model) + embedding_aliases(model)
 
 
 class ConfigError(ValueError):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from inferd.engine.async_embedder import AsyncEmbedder
 from inferd.engine.async_engine import NewRequest
 from inferd.outputs import RequestOutput
 from inferd.serve.errors import from_exception
@@ -39,7 +40,7 @@ from inferd.serve.protocol import (
     Usage,
     now,
 )
-from inferd.serve.registry import ServedModels
+from inferd.serve.registry import EMBED, ServedEngine, ServedModels
 from inferd.serve.streams import (
     DONE,
     AbortingStreamingResponse,
@@ -88,12 +89,18 @@ def _error_event(exc: BaseException) -> str:
 
 
 # ---- models -----------------------------------------------------------------------------------
+def _card(name: str, engine: ServedEngine, created: int) -> ModelCard:
+    if isinstance(engine, AsyncEmbedder):
+        return ModelCard(id=name, created=created, root=engine.embedder.name, task=EMBED,
+                         max_model_len=engine.embedder.max_seq_length)
+    return ModelCard(id=name, created=created, root=str(engine.config.model.model),
+                     max_model_len=engine.max_model_len)
+
+
 @router.get("/models")
 async def list_models(request: Request) -> ModelList:
     models = served(request)
-    return ModelList(data=[ModelCard(id=name, created=models.created, root=str(engine.config.model.model),
-                                     max_model_len=engine.max_model_len)
-                           for name, engine in models.items()])
+    return ModelList(data=[_card(name, engine, models.created) for name, engine in models.items()])
 
 
 @router.get("/models/{model:path}")
@@ -101,9 +108,8 @@ async def get_model(model: str, request: Request) -> ModelCard:
     # The route's pattern ends in `$`, which also matches before a trailing newline, so
     # "/v1/models/x%0A" would arrive as "x": look up exactly what the path holds instead.
     path = request.scope["path"].removeprefix(request.scope.get("root_path", ""))
-    m = served(request).get(path.removeprefix(router.prefix + "/models/"))
-    return ModelCard(id=m.name, created=served(request).created, root=str(m.engine.config.model.model),
-                     max_model_len=m.engine.max_model_len)
+    m = served(request).get(path.removeprefix(router.prefix + "/models/"), task=None)
+    return _card(m.name, m.engine, served(request).created)
 
 
 # ---- chat -------------------------------------------------------------------------------------

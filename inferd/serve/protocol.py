@@ -245,6 +245,9 @@ class ModelCard(BaseModel):
     root: str | None = None
     parent: str | None = None
     max_model_len: int | None = None
+    # What the model does (vLLM's task names): "generate" serves chat/completions, "embed"
+    # serves /v1/embeddings. Not in OpenAI's shape; its clients ignore it.
+    task: Literal["generate", "embed"] = "generate"
 
 
 class ModelList(BaseModel):

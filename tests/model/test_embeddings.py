@@ -140,6 +140,24 @@ def test_tiny_hidden_states_match_bert_model(tiny_bert):
     assert (alone - want[2][mask[2]]).abs().max().item() < 1e-5
 
 
+def test_length_runs_and_padded_grid_agree(tiny_bert, monkeypatch):
+    """Sorted batches attend per run of equal lengths; others through the padded grid: same
+    hidden states either way (and the runs are what the Embedder's sorted batches give)."""
+    import inferd.model.bert as bert
+
+    ours = load_bert_encoder(tiny_bert)
+    gen = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(5, ours.config.vocab_size, (n,), generator=gen).tolist() for n in (9, 9, 9, 5, 5, 2, 1)]
+    monkeypatch.setattr(bert, "MAX_LENGTH_RUNS", 4)
+    by_runs = PackedBatch.from_sequences(seqs)
+    assert by_runs.runs == ((0, 3, 9), (27, 2, 5), (37, 1, 2), (39, 1, 1))
+    monkeypatch.setattr(bert, "MAX_LENGTH_RUNS", 3)  # 4 runs: too many
+    by_grid = PackedBatch.from_sequences(seqs)
+    assert by_grid.runs is None
+    with torch.no_grad():
+        assert (ours(by_runs) - ours(by_grid)).abs().max().item() < 1e-5
+
+
 @pytest.mark.parametrize("modes", [("mean_tokens",), ("cls_token",), ("max_tokens",), ("lasttoken",),
                                    ("mean_sqrt_len_tokens",), ("weightedmean_tokens",),
                                    ("cls_token", "max_tokens", "mean_tokens")])

@@ -14,7 +14,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from inferd.serve.embeddings import SEMANTIC_400 as EMBEDDING_SEMANTIC_400
+from inferd.serve.embeddings_openapi import KIND_ROUTES
 from inferd.serve.openapi import SEMANTIC_400, SEMANTIC_400_BY_ROUTE, SEMANTIC_CODES_KEY
+from inferd.serve.registry import WRONG_MODEL_KIND
 
 from .helpers import REPO
 
@@ -66,11 +69,16 @@ def test_the_hook_passes_only_listed_codes_for_valid_bodies(hooks):
 def test_the_config_allows_400_only_on_the_routes_that_list_codes():
     config = tomllib.loads((REPO / "schemathesis.toml").read_text())
     assert (REPO / config["hooks"]).is_file()
-    (operation,) = config["operations"]
-    statuses = operation["checks"]["positive_data_acceptance"]["expected-statuses"]
-    assert "400" in statuses and "422" not in statuses and "4xx" not in statuses
-    routes = {path for _, path in SEMANTIC_400_BY_ROUTE}
-    pattern = re.compile(operation["include-path-regex"])
-    assert {p for p in routes | {"/tokenize", "/detokenize", "/v1/models"} if pattern.search(p)} == routes
+    # Routes whose document lists schema-valid 400 codes: the generation routes, /v1/embeddings,
+    # and (for wrong_model_kind, where both kinds are served) every other route taking a model.
+    routes = {path for _, path in SEMANTIC_400_BY_ROUTE} | {path for path, _ in KIND_ROUTES}
+    matched: set[str] = set()
+    for operation in config["operations"]:
+        statuses = operation["checks"]["positive_data_acceptance"]["expected-statuses"]
+        assert "400" in statuses and "422" not in statuses and "4xx" not in statuses
+        pattern = re.compile(operation["include-path-regex"])
+        matched |= {p for p in routes | {"/v1/models", "/v1/models/{model}", "/health"} if pattern.search(p)}
+    assert matched == routes
     text = (REPO / "schemathesis.toml").read_text()
-    assert all(code in text for code in SEMANTIC_400)  # each allowed code is explained there
+    # each allowed code is explained there
+    assert all(code in text for code in [*SEMANTIC_400, *EMBEDDING_SEMANTIC_400, WRONG_MODEL_KIND])
