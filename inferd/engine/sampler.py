@@ -140,14 +140,18 @@ def _top_k_top_p(x: torch.Tensor, ks: list[int], ps: list[float],
 
 def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: frozenset[int],
            masks: StepMasks | None = None) -> SampleResult:
-    """logits: [B, V] fp32, row i belongs to seqs[i]. masks: the grammar-constrained rows' allowed
-    tokens, applied before greedy max and temperature/top-k/top-p, so both obey the grammar."""
+    """logits: [B, V] fp32, row i belongs to seqs[i]. masks: the grammar-constrained rows' masks,
+    applied before greedy max and temperature/top-k/top-p, so both obey the grammar."""
     processed = apply_penalties_and_masks(logits, seqs, eos_ids)
     if masks is not None and masks.rows:
-        rows = torch.tensor(masks.rows, device=logits.device)
-        if processed is logits:
-            processed = logits.clone()
-        processed[rows] = mask_logits(processed[rows], masks.allowed.to(logits.device), logits[rows])
+        bias = masks.bias.to(logits.device)
+        if len(masks.rows) == len(seqs):  # every row constrained: no gather and scatter
+            processed = mask_logits(processed, bias, logits)  # (a new tensor)
+        else:
+            rows = torch.tensor(masks.rows, device=logits.device)
+            if processed is logits:
+                processed = logits.clone()
+            processed[rows] = mask_logits(processed[rows], bias, logits[rows])
     # max() gives the same index as argmax() (the first maximum) in a third of the time on CPU:
     # argmax's CPU kernel is scalar (70 us a 49k-token row here, against 26).
     tokens = processed.max(dim=-1).indices

@@ -56,7 +56,7 @@ def processed_logits(logits: torch.Tensor, seq: Sequence, proposals: list[int],
 
 def verify_proposals(seq: Sequence, proposals: list[int], logits: torch.Tensor, first_token: int,
                      eos_ids: frozenset[int], draft_probs: torch.Tensor | None = None,
-                     allowed: torch.Tensor | None = None) -> list[int]:
+                     grammar_bias: torch.Tensor | None = None) -> list[int]:
     """Accepted proposals followed by one token from the target (correction or bonus).
 
     logits: [k+1, V] raw target logits; row i predicts the token after proposals[:i].
@@ -65,12 +65,13 @@ def verify_proposals(seq: Sequence, proposals: list[int], logits: torch.Tensor, 
     token, as in non-speculative decoding.
     draft_probs: [k, V] distributions the proposals were sampled from, or None for deterministic
     proposals (n-gram, greedy draft).
-    allowed: [k+1, V] the grammar's mask at each position (row i: after proposals[:i]), or None.
+    grammar_bias: [k+1, V] the grammar's mask at each position (row i: after proposals[:i]) as
+    0 / -inf, or None.
     """
     k = len(proposals)
     scores = processed_logits(logits, seq, proposals, eos_ids)
-    if allowed is not None:
-        scores = mask_logits(scores, allowed.to(scores.device), logits)
+    if grammar_bias is not None:
+        scores = mask_logits(scores, grammar_bias.to(scores.device), logits)
     if seq.params.greedy:
         targets = scores.argmax(dim=-1).tolist()
         targets[0] = first_token

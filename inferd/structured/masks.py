@@ -4,6 +4,8 @@ The masks of step t depend only on tokens emitted up to step t-1, all known befo
 starts, so the runner starts them first and collects them after the forward: llguidance drops
 the GIL while it computes, and torch's kernels do too, so the two overlap. Speculated sequences
 get one mask per verified position (their proposals rolled through the grammar and back).
+Masks travel as additive biases (0 or -inf): adding one costs a single pass over the logits,
+where torch's boolean masked_fill over a 32 x 49k batch took 30x longer on this CPU.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class StepMasks:
-    """Boolean allowed-token masks of one step: `rows` index the sampler's batch, `allowed`
-    holds one row for each; `spec` maps seq_id -> [k+1, V] masks of its verification rows."""
+    """Grammar masks of one step as biases (0 allowed, -inf refused): `rows` index the sampler's
+    batch, `bias` holds one row for each; `spec` maps seq_id -> [k+1, V] biases of its
+    verification rows."""
 
     rows: list[int] = field(default_factory=list)
-    allowed: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
     spec: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
@@ -58,26 +61,30 @@ class GrammarMasker:
             seq.grammar.fill(bitmask, at, drafts)
             starts.append(at)
             at += 1 + len(drafts)
-        allowed = unpack(bitmask, self.vocab_size)
-        out = StepMasks(rows=[i for i, _, _ in jobs], allowed=allowed[starts])
+        bias = to_bias(bitmask, self.vocab_size)
+        out = StepMasks(rows=[i for i, _, _ in jobs], bias=bias[starts] if len(starts) < total else bias)
         for (_, seq, drafts), s in zip(jobs, starts, strict=True):
             if drafts:
-                out.spec[seq.seq_id] = allowed[s:s + 1 + len(drafts)]
+                out.spec[seq.seq_id] = bias[s:s + 1 + len(drafts)]
         return out
 
 
-def unpack(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """int32 bitmask [R, W] (bit t%32 of word t//32 = token t) -> bool [R, vocab_size]."""
-    bits = np.unpackbits(bitmask.numpy().view(np.uint8), axis=1, bitorder="little")
-    return torch.from_numpy(bits[:, :vocab_size]).bool()
+_BIAS = np.array([-np.inf, 0.0], dtype=np.float32)
 
 
-def mask_logits(scores: torch.Tensor, allowed: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
-    """scores with disallowed tokens at -inf. A row left with nothing (min_tokens or logit_bias
-    banned every token the grammar allows) takes `fallback` (raw logits) under the grammar's mask
-    instead: the grammar wins, so the output still parses."""
-    out = scores.masked_fill(~allowed, float("-inf"))
-    empty = torch.isneginf(out).all(dim=-1)
+def to_bias(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """int32 bitmask [R, W] (bit t%32 of word t//32 = token t) -> float32 [R, vocab_size] of 0
+    (allowed) and -inf. In numpy: it runs on the worker thread without torch's thread pool."""
+    bits = np.unpackbits(bitmask.numpy().view(np.uint8), axis=1, count=vocab_size, bitorder="little")
+    return torch.from_numpy(np.take(_BIAS, bits))
+
+
+def mask_logits(scores: torch.Tensor, bias: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """scores with the grammar's refused tokens at -inf. A row left with nothing (min_tokens or
+    logit_bias banned every token the grammar allows) takes `fallback` (raw logits) under the
+    grammar's mask instead: the grammar wins, so the output still parses."""
+    out = scores + bias
+    empty = torch.isneginf(out.amax(dim=-1))
     if bool(empty.any()):
-        out[empty] = fallback[empty].masked_fill(~allowed[empty], float("-inf"))
+        out[empty] = fallback[empty] + bias[empty]
     return out
