@@ -1,8 +1,8 @@
 """GrammarState: one sequence's position in its grammar, advanced on every token it emits.
 
 The state follows the sequence's emitted tokens only, so preemption (which recomputes K/V but
-keeps the tokens) leaves it valid, and an abort simply drops it. Masks are written into rows of
-a shared int32 bitmask (bit t of a row set = token t allowed).
+keeps the tokens) leaves it valid, and an abort simply drops it. Its masks are computed by
+`masks.GrammarMasker`, for all of a step's sequences at once.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 
 import llguidance
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -30,25 +29,3 @@ class GrammarState:
         if not ok:
             log.warning("grammar refused emitted token %d: %s", token, self.matcher.get_error())
         return ok
-
-    def fill(self, bitmask: torch.Tensor, row: int, drafts: list[int]) -> None:
-        """Write the masks of rows row..row+len(drafts): row + i is the state after drafts[:i].
-
-        Rows past the first draft the grammar refuses are irrelevant to verification (the masked
-        target can never emit that draft, so nothing after it is accepted); they allow everything.
-        """
-        self._fill_row(bitmask, row)
-        if not drafts:
-            return
-        valid = self.matcher.try_consume_tokens(drafts)
-        self.matcher.rollback(valid)
-        for i in range(valid):
-            self.matcher.consume_token(drafts[i])
-            self._fill_row(bitmask, row + 1 + i)
-        self.matcher.rollback(valid)
-        if valid < len(drafts):
-            bitmask[row + 1 + valid:row + 1 + len(drafts)] = -1
-
-    def _fill_row(self, bitmask: torch.Tensor, row: int) -> None:
-        v = bitmask[row]
-        self.matcher.unsafe_compute_mask_ptr(v.data_ptr(), v.numel() * v.element_size())
