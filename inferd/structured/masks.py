@@ -23,6 +23,10 @@ import torch
 if TYPE_CHECKING:
     from inferd.engine.sequence import Sequence
 
+# Up to this many mask rows are computed inline: a row costs tens of microseconds, less than
+# waking the worker thread and taking the GIL back on a busy machine.
+INLINE_ROWS = 4
+
 
 @dataclass
 class StepMasks:
@@ -55,6 +59,10 @@ class GrammarMasker:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inferd-grammar")
             self._executor = llguidance.LLExecutor()
         jobs = [(i, seqs[i], list((spec_tokens or {}).get(seqs[i].seq_id, ()))) for i in rows]
+        if sum(1 + len(d) for _, _, d in jobs) <= INLINE_ROWS:
+            done: Future[StepMasks] = Future()
+            done.set_result(self._compute(jobs))
+            return done
         return self._pool.submit(self._compute, jobs)
 
     def _compute(self, jobs: list[tuple[int, Sequence, list[int]]]) -> StepMasks:
@@ -71,7 +79,10 @@ class GrammarMasker:
         placed = list(zip(jobs, starts, strict=True))
         plain = [(seq.grammar.matcher, s) for (_, seq, drafts), s in placed if not drafts]
         drafted = [(seq.grammar.matcher, s, drafts) for (_, seq, drafts), s in placed if drafts]
-        if plain:
+        if len(plain) <= INLINE_ROWS:  # a few rows: straight from the matchers, no pool hand-off
+            for matcher, s in plain:
+                matcher.unsafe_compute_mask_ptr(ptr + s * row_bytes, row_bytes)
+        else:
             self._executor.unsafe_compute_mask_ptr(plain, ptr, row_bytes, total)
         if drafted:
             self._executor.unsafe_compute_mask_ptr_with_draft_token(drafted, ptr, row_bytes, total)
