@@ -55,14 +55,13 @@ class GrammarMasker:
         rows = [i for i, s in enumerate(seqs) if getattr(s, "grammar", None) is not None]
         if not rows:
             return None
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inferd-grammar")
-            self._executor = llguidance.LLExecutor()
         jobs = [(i, seqs[i], list((spec_tokens or {}).get(seqs[i].seq_id, ()))) for i in rows]
         if sum(1 + len(d) for _, _, d in jobs) <= INLINE_ROWS:
             done: Future[StepMasks] = Future()
             done.set_result(self._compute(jobs))
             return done
+        if self._pool is None:  # threads only once a batch is worth them
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inferd-grammar")
         return self._pool.submit(self._compute, jobs)
 
     def _compute(self, jobs: list[tuple[int, Sequence, list[int]]]) -> StepMasks:
@@ -79,6 +78,8 @@ class GrammarMasker:
         placed = list(zip(jobs, starts, strict=True))
         plain = [(seq.grammar.matcher, s) for (_, seq, drafts), s in placed if not drafts]
         drafted = [(seq.grammar.matcher, s, drafts) for (_, seq, drafts), s in placed if drafts]
+        if self._executor is None and (len(plain) > INLINE_ROWS or drafted):
+            self._executor = llguidance.LLExecutor()
         if len(plain) <= INLINE_ROWS:  # a few rows: straight from the matchers, no pool hand-off
             for matcher, s in plain:
                 matcher.unsafe_compute_mask_ptr(ptr + s * row_bytes, row_bytes)
