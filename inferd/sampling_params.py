@@ -7,6 +7,10 @@ values with the same message naming the parameter.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from inferd.structured.guide import Guide
 
 
 class InvalidParameter(ValueError):
@@ -38,6 +42,8 @@ class SamplingParams:
     prompt_logprobs: int | None = None  # number of top alternatives per prompt token
     logit_bias: dict[int, float] | None = None
     skip_special_tokens: bool = True
+    # Grammar-constrained decoding (structured output, required tool calls); None: free text.
+    guide: Guide | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

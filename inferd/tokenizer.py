@@ -77,10 +77,13 @@ class Tokenizer:
         """The text one token stands for on its own (used for logprob entries)."""
         return self.hf.decode([token_id], skip_special_tokens=False)
 
-    def apply_chat_template(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(self, messages: list[Message], add_generation_prompt: bool = True,
+                            tools: list[dict] | None = None) -> str:
+        """tools: OpenAI tool definitions, for templates that render them (None: no tools)."""
         if not self.chat_template:
             raise ValueError("this model has no chat template; use a completion (raw prompt) instead")
-        return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                           tools=tools)
 
     def encode_chat(self, messages: list[Message], add_generation_prompt: bool = True,
                     parse_special_in_content: bool = False) -> list[int]:
@@ -91,12 +94,13 @@ class Tokenizer:
         return self.encode_rendered_chat(rendered, messages, add_generation_prompt, parse_special_in_content)
 
     def encode_rendered_chat(self, rendered: str, messages: list[Message], add_generation_prompt: bool,
-                             parse_special_in_content: bool = False) -> list[int]:
+                             parse_special_in_content: bool = False, tools: list[dict] | None = None
+                             ) -> list[int]:
         """encode_chat for a conversation whose template output is already at hand."""
         # The template writes special tokens itself; adding them again would double the BOS.
         if parse_special_in_content or not any(self.holds_control_text(m.get("content")) for m in messages):
             return self.encode(rendered, add_special_tokens=False)
-        return self._encode_chat_isolating_content(messages, add_generation_prompt)
+        return self._encode_chat_isolating_content(messages, add_generation_prompt, tools)
 
     @cached_property
     def _control_text(self) -> re.Pattern | None:
@@ -117,7 +121,8 @@ class Tokenizer:
         backend.encode_special_tokens = True
         return backend
 
-    def _encode_chat_isolating_content(self, messages: list[Message], add_generation_prompt: bool) -> list[int]:
+    def _encode_chat_isolating_content(self, messages: list[Message], add_generation_prompt: bool,
+                                       tools: list[dict] | None = None) -> list[int]:
         # Render with placeholders where contents holding control text go, encode the template's
         # text as usual (its markers are special) and those contents literally, in order.
         marks: dict[int, str] = {}
@@ -127,7 +132,7 @@ class Tokenizer:
                 marks[i] = f"\ue000{i}\ue001"
                 m = {**m, "content": marks[i]}
             masked.append(m)
-        rendered = self.apply_chat_template(masked, add_generation_prompt)
+        rendered = self.apply_chat_template(masked, add_generation_prompt, tools)
         ids: list[int] = []
         pos = 0
         for i, mark in marks.items():

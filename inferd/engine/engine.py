@@ -23,6 +23,7 @@ from inferd.engine.sequence import Request, SeqStatus, Sequence
 from inferd.model.loader import LoadedModel, load_model
 from inferd.outputs import CompletionOutput, RequestOutput
 from inferd.sampling_params import InvalidParameter, SamplingParams
+from inferd.structured.compiler import GrammarCompiler
 
 PromptInput = str | list[int]
 log = logging.getLogger(__name__)
@@ -77,6 +78,10 @@ class LLMEngine:
         # token); they are queued work all the same, and admission control counts them.
         self._num_deferred_seqs = 0
         self.observer: EngineObserver = EngineObserver()
+        # Structured output: compiled grammars, cached by guide (the tokenizer view is built on
+        # first use, so servers that never see a schema never pay for it).
+        self.grammars = GrammarCompiler(self.tokenizer.hf, self.loaded.arch.vocab_size,
+                                        self.tokenizer.eos_token_ids)
         self.speculator = None  # set by inferd.spec when speculative decoding is on
         if config.speculative.method:
             from inferd.spec import build_speculator
@@ -138,6 +143,8 @@ class LLMEngine:
         else:
             text, ids = (prompt if isinstance(prompt, str) else None), list(prompt_token_ids)
         self.validate_length(len(ids), params)
+        if params.guide is not None:
+            self.grammars.compile(params.guide)  # a cache hit when the server compiled it already
         req = Request(request_id, text, ids, params, cache_salt)
         for i in range(params.n):
             seq = Sequence(next(self._seq_ids), req, i)
@@ -146,6 +153,8 @@ class LLMEngine:
             seq.detok = IncrementalDetokenizer(self.tokenizer, ids, params.stop,
                                                params.skip_special_tokens,
                                                params.include_stop_str_in_output)
+            if params.guide is not None:  # one grammar state per sample
+                seq.grammar = self.grammars.new_state(params.guide)
             req.seqs.append(seq)
         self.requests[request_id] = req
         self._num_deferred_seqs += len(req.seqs) - 1
@@ -254,6 +263,10 @@ class LLMEngine:
             hit = seq.detok.add(token)
             if hit is not None and n_out >= p.min_tokens:
                 reason, stop = "stop", hit
+        if seq.grammar is not None and (not seq.grammar.accept(token) or seq.grammar.finished) \
+                and reason is None:
+            # The grammar is complete (only EOS could follow): end here, as EOS would.
+            reason, stop = "stop", None
         if reason is None and (n_out >= (p.max_tokens or 1 << 60) or seq.num_tokens >= self.max_seq_tokens):
             reason = "length"
         if reason is not None:

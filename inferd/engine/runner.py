@@ -24,6 +24,7 @@ from inferd.kernels.lazy_zeros import lazy_zeros
 from inferd.kernels.native_stack import NativeStack
 from inferd.kernels.weight_arena import move_to_hugepages
 from inferd.model.loader import LoadedModel
+from inferd.structured.masks import GrammarMasker, StepMasks
 
 GIB = 1 << 30
 # CPU GEMMs take a different kernel for very few rows (gemv for 1 row; fp32 also for 2-3)
@@ -42,6 +43,7 @@ class StepResult:
     sampled: SampleResult
     spec_logits: dict[int, torch.Tensor]  # seq_id -> [k+1, V] logits for speculative verification
     prompt_logprobs: dict[int, list]  # seq_id -> logprob entries for this chunk's prompt tokens
+    masks: StepMasks | None = None  # grammar masks of constrained rows (and verification rows)
 
 
 def kv_block_bytes(loaded: LoadedModel, cache: CacheConfig, dtype: torch.dtype) -> int:
@@ -89,6 +91,7 @@ class ModelRunner:
         self.min_rows = self._min_rows(self.model.model)
         self.min_logit_rows = self._min_rows(self.model.lm_head)
         self.eos_ids = loaded.tokenizer.eos_token_ids
+        self.masker = GrammarMasker(loaded.arch.vocab_size)
 
     def _kv_store(self, cache: CacheConfig, num_blocks: int):
         a = self.loaded.arch
@@ -127,6 +130,7 @@ class ModelRunner:
         sample_rows: list[int] = []  # flat row whose hidden state feeds the sampler
         sample_seqs: list[Sequence] = []
         spec_rows: dict[int, tuple[int, int]] = {}
+        verified: dict[int, list[int]] = {}  # seq_id -> the proposals this forward verifies
         prompt_lp_rows: dict[int, tuple[Sequence, int, int, int]] = {}
         for entry in sched.scheduled:
             seq = entry.seq
@@ -168,6 +172,7 @@ class ModelRunner:
                 sample_seqs.append(seq)
                 if entry.num_spec:
                     spec_rows[seq.seq_id] = (last, entry.num_spec + 1)
+                    verified[seq.seq_id] = spec_tokens[seq.seq_id][:entry.num_spec]
         pad = self._pad(len(input_ids))
         input_ids.extend([0] * pad)
         positions.extend([0] * pad)
@@ -182,16 +187,20 @@ class ModelRunner:
             query_start=query_start, block_size=bs, max_seq_len=max(seq_lens),
             num_decodes=num_decodes, sliding_window=self.loaded.arch.sliding_window,
         )
+        # Grammar masks depend only on tokens already emitted: computed while the model runs.
+        masks = self.masker.start(sample_seqs, verified)
         hidden = self.model(torch.tensor(input_ids, device=dev), torch.tensor(positions, device=dev),
                             self.kv_caches, meta)
-        return self._sample(hidden, sample_rows, sample_seqs, spec_rows, prompt_lp_rows)
+        return self._sample(hidden, sample_rows, sample_seqs, spec_rows, prompt_lp_rows,
+                            masks.result() if masks is not None else None)
 
     def _logits(self, hidden: torch.Tensor, rows: list[int]) -> torch.Tensor:
         n = len(rows)
         idx = torch.tensor(rows + [rows[-1]] * self._pad(n, self.min_logit_rows), device=self.device)
         return self.model.compute_logits(hidden[idx])[:n]
 
-    def _sample(self, hidden, sample_rows, sample_seqs, spec_rows, prompt_lp_rows) -> StepResult:
+    def _sample(self, hidden, sample_rows, sample_seqs, spec_rows, prompt_lp_rows,
+                masks: StepMasks | None = None) -> StepResult:
         spec_logits: dict[int, torch.Tensor] = {}
         prompt_lps: dict[int, list] = {}
         if not sample_rows:
@@ -212,8 +221,8 @@ class ModelRunner:
             spec_logits[seq_id] = torch.cat([logits[index[row]:index[row] + 1],
                                              all_logits[s:s + count - 1]])
         prompt_lps = self._prompt_logprobs(hidden, prompt_lp_rows)
-        result = sample(logits, sample_seqs, self.eos_ids)
-        return StepResult(sample_seqs, result, spec_logits, prompt_lps)
+        result = sample(logits, sample_seqs, self.eos_ids, masks)
+        return StepResult(sample_seqs, result, spec_logits, prompt_lps, masks)
 
     def _prompt_logprobs(self, hidden, prompt_lp_rows) -> dict[int, list]:
         """Logprob of each next prompt token given its prefix (for echo + logprobs)."""

@@ -1,7 +1,7 @@
 """Sampler: logits of the rows that sample this step -> next tokens (+ logprobs).
 
 Processing order follows vLLM: logit bias and min_tokens masking, repetition/frequency/presence
-penalties, then temperature, top-k, top-p, min-p. Greedy rows take the argmax of the processed
+penalties, the grammar's mask (structured output), then temperature, top-k, top-p, min-p. Greedy rows take the argmax of the processed
 logits. Each sequence owns a torch.Generator, so a seeded request draws the same tokens whatever
 else is in the batch. Logprobs are reported from the model's raw distribution.
 """
@@ -15,6 +15,7 @@ import torch
 
 from inferd.engine.sequence import Sequence
 from inferd.outputs import TokenLogprobs
+from inferd.structured.masks import StepMasks, mask_logits
 
 
 @dataclass
@@ -137,9 +138,20 @@ def _top_k_top_p(x: torch.Tensor, ks: list[int], ps: list[float],
     return out
 
 
-def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: frozenset[int]) -> SampleResult:
-    """logits: [B, V] fp32, row i belongs to seqs[i]."""
+def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: frozenset[int],
+           masks: StepMasks | None = None) -> SampleResult:
+    """logits: [B, V] fp32, row i belongs to seqs[i]. masks: the grammar-constrained rows' masks,
+    applied before greedy max and temperature/top-k/top-p, so both obey the grammar."""
     processed = apply_penalties_and_masks(logits, seqs, eos_ids)
+    if masks is not None and masks.rows:
+        bias = masks.bias.to(logits.device)
+        if len(masks.rows) == len(seqs):  # every row constrained: no gather and scatter
+            processed = mask_logits(processed, bias, logits)  # (a new tensor)
+        else:
+            rows = torch.tensor(masks.rows, device=logits.device)
+            if processed is logits:
+                processed = logits.clone()
+            processed[rows] = mask_logits(processed[rows], bias, logits[rows])
     # max() gives the same index as argmax() (the first maximum) in a third of the time on CPU:
     # argmax's CPU kernel is scalar (70 us a 49k-token row here, against 26).
     tokens = processed.max(dim=-1).indices

@@ -57,6 +57,7 @@ class Sequence:
         # Sampling state kept across steps (the generator makes seeded sampling batch-invariant).
         self.generator = None
         self.detok = None  # IncrementalDetokenizer, attached by the engine
+        self.grammar = None  # GrammarState of a guided request, attached by the engine
 
     @property
     def num_tokens(self) -> int:

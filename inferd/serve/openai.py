@@ -49,7 +49,8 @@ from inferd.serve.streams import (
     sse,
     until_disconnected,
 )
-from inferd.serve.translate import chat_inputs, check_body, completion_inputs
+from inferd.serve.tools import ToolCallParser, parse_output
+from inferd.serve.translate import chat_inputs, chat_tools, check_body, completion_inputs
 
 router = APIRouter(prefix="/v1")
 CLIENT_CLOSED = 499  # nginx's code for "client closed request"; nobody reads it
@@ -156,10 +157,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     fmt = LogprobFormatter(engine.tokenizer)
     top_n = body.top_logprobs or 0
     extras = _Extras.of(body)
+    tools = chat_tools(body) is not None  # (validated already): parse tool calls from the text
     if body.stream:
         return AbortingStreamingResponse(
             _chat_stream(sub, rid, model.name, params.n, ids, fmt,
-                         top_n if params.logprobs is not None else None, extras),
+                         top_n if params.logprobs is not None else None, extras, tools),
             on_close=sub.abort_unfinished)
     finals = await _collect(request, sub)
     if finals is None:
@@ -170,17 +172,24 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         lp = None
         if params.logprobs is not None:
             lp = ChatLogprobs(content=fmt.chat(c.token_ids, c.logprobs or [], top_n))
-        choices.append(ChatChoice(index=c.index, message=AssistantMessage(content=c.text), logprobs=lp,
-                                  finish_reason=c.finish_reason, stop_reason=c.stop_reason,
-                                  token_ids=list(c.token_ids)))
+        content, calls = parse_output(c.text) if tools else (c.text, [])
+        choices.append(ChatChoice(index=c.index, message=AssistantMessage(content=content, tool_calls=calls),
+                                  logprobs=lp, finish_reason=_finish_reason(c.finish_reason, bool(calls)),
+                                  stop_reason=c.stop_reason, token_ids=list(c.token_ids)))
     completion = sum(len(c.token_ids) for c in final.outputs)
     return _json(ChatCompletionResponse(id=rid, model=model.name, choices=choices, prompt_token_ids=ids,
                                         usage=_usage(len(ids), completion, final.num_cached_tokens)), extras)
 
 
+def _finish_reason(reason: str | None, called: bool) -> str | None:
+    """OpenAI's "tool_calls" where the model ended its turn by calling tools."""
+    return "tool_calls" if called and reason == "stop" else reason
+
+
 async def _chat_stream(sub: Submission, rid: str, model: str, n: int, prompt_ids: list[int],
-                       fmt: LogprobFormatter, top_n: int | None, extras: _Extras) -> AsyncIterator[str]:
-    """top_n None: no logprobs asked for."""
+                       fmt: LogprobFormatter, top_n: int | None, extras: _Extras,
+                       tools: bool = False) -> AsyncIterator[str]:
+    """top_n None: no logprobs asked for. tools: text is parsed into tool-call deltas."""
     created = now()
     exclude = extras.exclude(streamed=True)
     last: RequestOutput | None = None
@@ -200,22 +209,28 @@ async def _chat_stream(sub: Submission, rid: str, model: str, n: int, prompt_ids
                     prompt_token_ids=prompt_ids if i == 0 else None)
     want_lp = top_n is not None
     done: set[int] = set()
+    parsers = {i: ToolCallParser() for i in range(n)} if tools else {}
     try:
         async for _, out in sub.outputs():
             last = out
             for c in out.outputs:
                 if c.index in done:
                     continue
-                if c.delta_text or ((want_lp or extras.token_ids) and c.delta_token_ids):
+                text, calls = c.delta_text, None
+                if tools:
+                    text, calls = parsers[c.index].feed(c.delta_text, final=c.finish_reason is not None)
+                if text or calls or ((want_lp or extras.token_ids) and c.delta_token_ids):
                     lp = (ChatLogprobs(content=fmt.chat(c.delta_token_ids, c.delta_logprobs or [], top_n or 0))
                           if want_lp else None)
-                    yield chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(content=c.delta_text),
+                    delta = DeltaMessage(content=text if text or not calls else None, tool_calls=calls or None)
+                    yield chunk([ChatChunkChoice(index=c.index, delta=delta,
                                                  logprobs=lp, token_ids=list(c.delta_token_ids))])
                 if c.finish_reason is not None:
                     done.add(c.index)
+                    called = bool(tools and parsers[c.index].calls)
                     yield chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(),
-                                                 finish_reason=c.finish_reason, stop_reason=c.stop_reason,
-                                                 token_ids=[])])
+                                                 finish_reason=_finish_reason(c.finish_reason, called),
+                                                 stop_reason=c.stop_reason, token_ids=[])])
     except Exception as exc:  # the engine failed or stopped mid-stream: say so, then end cleanly
         yield _error_event(exc)
         yield DONE

@@ -19,9 +19,13 @@ from fastapi.openapi.utils import get_openapi
 
 from inferd.engine.async_engine import AsyncEngine
 from inferd.serve.token_ids import id_key_pattern
+from inferd.serve.tools import DUPLICATE_TOOL_NAMES, FUNCTION_NAME, UNKNOWN_TOOL
 from inferd.serve.translate import (
+    CONFLICTING_STRUCTURED_OUTPUT,
     CONTEXT_LENGTH_EXCEEDED,
     EMPTY_PROMPT,
+    GUIDED_BACKENDS,
+    INVALID_GRAMMAR,
     MAX_BEST_OF,
     ROLES,
     STREAM_WITH_BEST_OF,
@@ -62,12 +66,20 @@ SEMANTIC_400 = {
     EMPTY_PROMPT: "a text prompt the tokenizer turns into no tokens (e.g. a lone control character)",
     STREAM_WITH_BEST_OF: "stream: true with best_of greater than n (the best candidates are known only "
                          "at the end; as OpenAI)",
+    INVALID_GRAMMAR: "a JSON schema (response_format, guided_json, a required or named tool's parameters), "
+                     "regex or grammar that llguidance cannot compile; the message is llguidance's",
+    CONFLICTING_STRUCTURED_OUTPUT: "more than one of response_format (json_object/json_schema), "
+                                   "guided_json, guided_regex, guided_choice, guided_grammar, or one of "
+                                   "them with tool_choice 'required' or a named function",
+    UNKNOWN_TOOL: "tool_choice names a function that is not among tools",
+    DUPLICATE_TOOL_NAMES: "two tools share a function name",
 }
 SEMANTIC_CODES_KEY = "x-semantic-error-codes"
 SEMANTIC_400_BY_ROUTE = {
-    ("post", "/v1/chat/completions"): [CONTEXT_LENGTH_EXCEEDED, TOO_MANY_SEQUENCES],
+    ("post", "/v1/chat/completions"): [CONTEXT_LENGTH_EXCEEDED, TOO_MANY_SEQUENCES, INVALID_GRAMMAR,
+                                       CONFLICTING_STRUCTURED_OUTPUT, UNKNOWN_TOOL, DUPLICATE_TOOL_NAMES],
     ("post", "/v1/completions"): [CONTEXT_LENGTH_EXCEEDED, TOO_MANY_SEQUENCES, EMPTY_PROMPT,
-                                  STREAM_WITH_BEST_OF],
+                                  STREAM_WITH_BEST_OF, INVALID_GRAMMAR, CONFLICTING_STRUCTURED_OUTPUT],
 }
 MAX_N = MAX_BEST_OF  # n (SamplingParams refuses more) and best_of alike
 SAMPLING_BOUNDS = {
@@ -78,7 +90,7 @@ SAMPLING_BOUNDS = {
     "seed": {"minimum": -(2**63), "maximum": 2**63 - 1},
 }
 BOUNDS: dict[str, dict[str, dict[str, Any]]] = {
-    "ChatCompletionRequest": {**SAMPLING_BOUNDS, "messages": {"minItems": 1}, "tool_choice": {"enum": ["none", "auto"]},
+    "ChatCompletionRequest": {**SAMPLING_BOUNDS, "messages": {"minItems": 1}, "tool_choice": {"enum": ["none", "auto", "required"]},
                               "max_tokens": {"minimum": 1}, "max_completion_tokens": {"minimum": 1},
                               "top_logprobs": {"minimum": 0, "maximum": 20}},
     "CompletionRequest": {**SAMPLING_BOUNDS, "prompt": {"minLength": 1, "minItems": 1}, "suffix": {"maxLength": 0},
@@ -104,7 +116,7 @@ FIELD_DESCRIPTIONS = {
 }
 REQUIRED = {"ContentPart": ["type", "text"]}  # a text part without text is refused
 # Rules between fields (a 400 otherwise): stream_options needs stream: true; top_logprobs needs
-# logprobs: true; tools (non-empty) need tool_choice "none", as tool calling is not supported.
+# logprobs: true; a tool_choice other than "none" needs tools.
 STREAM_OPTIONS_NEED_STREAM = {
     "if": {"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
     "then": {"required": ["stream"], "properties": {"stream": {"const": True}}}}
@@ -116,9 +128,34 @@ DEPENDENT = {"CompletionRequest": [STREAM_OPTIONS_NEED_STREAM, MAX_TOKENS_0_NEED
     STREAM_OPTIONS_NEED_STREAM,
     {"if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
      "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}}},
-    {"if": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}},
-     "then": {"required": ["tool_choice"], "properties": {"tool_choice": {"const": "none"}}}},
+    {"if": {"required": ["tool_choice"], "properties": {"tool_choice": {"not": {"enum": ["none", None]}}}},
+     "then": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}},
+], "ChatMessage": [  # only assistant turns carry tool calls
+    {"if": {"required": ["tool_calls"], "properties": {"tool_calls": {"type": "array", "minItems": 1}}},
+     "then": {"properties": {"role": {"const": "assistant"}}}},
 ]}
+# Shapes of the structured-output and tool fields (their Python types are plain dicts).
+TOOL_SCHEMA = {"type": "object", "required": ["type", "function"], "properties": {
+    "type": {"enum": ["function"]},
+    "function": {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string", "pattern": FUNCTION_NAME}, "description": {"type": "string"},
+        "parameters": {"type": "object", "description": "a JSON schema of the arguments"},
+        "strict": {"type": ["boolean", "null"]}}}}}
+TOOL_CALL_SCHEMA = {"type": "object", "required": ["function"], "properties": {
+    "id": {"type": "string"}, "type": {"enum": ["function"]},
+    "function": {"type": "object", "required": ["name", "arguments"], "properties": {
+        "name": {"type": "string"}, "arguments": {"type": "string"}}}}}
+RESPONSE_FORMAT_SCHEMA = {"anyOf": [
+    {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["text", "json_object"]}}},
+    {"type": "object", "required": ["type", "json_schema"], "properties": {
+        "type": {"const": "json_schema"},
+        "json_schema": {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string"}, "description": {"type": "string"},
+            "schema": {"type": "object"}, "strict": {"type": ["boolean", "null"]}}}}},
+    {"type": "null"}]}
+TOOL_CHOICE_OBJECT = {"type": "object", "required": ["type", "function"], "properties": {
+    "type": {"const": "function"},
+    "function": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}}
 # Token-id fields, bounded by the model's vocabulary (0) or the tokenizer's (1), which may differ.
 TOKEN_ID_FIELDS = {"CompletionRequest": (["prompt", "stop_token_ids"], 0),
                    "ChatCompletionRequest": (["stop_token_ids"], 0), "DetokenizeRequest": (["tokens"], 1)}
@@ -220,13 +257,7 @@ def truthful(schema: dict[str, Any], api_key_required: bool, limits: Limits = Li
     if limits.max_waiting is not None:  # one prompt of n (or best_of) sequences must fit the queue
         _bound(components, SEQUENCE_FIELDS, min(MAX_N, limits.max_waiting))
     _bound_prompts(components, limits)
-    chat_props = components.get("ChatCompletionRequest", {}).get("properties", {})
-    if "tool_choice" in chat_props:  # an object (a named tool) needs tool calling: refused
-        chat_props["tool_choice"]["anyOf"] = [b for b in chat_props["tool_choice"].get("anyOf", [])
-                                              if b.get("type") != "object"]
-    for branch in chat_props.get("response_format", {}).get("anyOf", []):
-        if branch.get("type") == "object":  # only plain text output is supported
-            branch["properties"] = {"type": {"enum": ["text"]}}
+    _structured_output(components)
     for model, fields in REQUIRED.items():
         if model in components:
             components[model]["required"] = fields
@@ -239,6 +270,27 @@ def truthful(schema: dict[str, Any], api_key_required: bool, limits: Limits = Li
             components[model]["oneOf"] = [{"required": [f], "properties": {f: {"not": {"type": "null"}}}}
                                           for f in fields]
     return schema
+
+
+def _structured_output(components: dict[str, Any]) -> None:
+    """response_format, tools, tool_choice, tool calls in messages and vLLM's guided_* fields."""
+    chat = components.get("ChatCompletionRequest", {}).get("properties", {})
+    if "tool_choice" in chat:
+        chat["tool_choice"]["anyOf"] = [TOOL_CHOICE_OBJECT if b.get("type") == "object" else b
+                                        for b in chat["tool_choice"].get("anyOf", [])]
+    if "tools" in chat:
+        chat["tools"] = {"anyOf": [{"type": "array", "items": TOOL_SCHEMA}, {"type": "null"}]}
+    if "response_format" in chat:
+        chat["response_format"] = RESPONSE_FORMAT_SCHEMA
+    message = components.get("ChatMessage", {}).get("properties", {})
+    if "tool_calls" in message:
+        message["tool_calls"] = {"anyOf": [{"type": "array", "items": TOOL_CALL_SCHEMA}, {"type": "null"}]}
+    for model in ("ChatCompletionRequest", "CompletionRequest"):
+        props = components.get(model, {}).get("properties", {})
+        if "guided_choice" in props:
+            _constrain(props["guided_choice"], {"minItems": 1})
+        if "guided_decoding_backend" in props:
+            _constrain(props["guided_decoding_backend"], {"enum": sorted(GUIDED_BACKENDS)})
 
 
 def _bound(components: dict[str, Any], fields_by_model: dict[str, list[str]], maximum: int) -> None:

@@ -64,6 +64,12 @@ class SamplingRequest(_Request):
     include_stop_str_in_output: Bool | None = False
     return_token_ids: Bool | None = False  # prompt_token_ids and token_ids in the response
     cache_salt: str | None = None  # prefix-cache blocks shared only with requests of equal salt
+    # vLLM's structured-output extras (at most one; `response_format` is chat's OpenAI form)
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_decoding_backend: str | None = None
 
 
 class ContentPart(_Request):
@@ -75,6 +81,8 @@ class ChatMessage(_Request):
     role: str
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant turn's calls
+    tool_call_id: str | None = None  # a tool turn: which call this is the result of
 
 
 class ChatCompletionRequest(SamplingRequest):
@@ -86,6 +94,7 @@ class ChatCompletionRequest(SamplingRequest):
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: Bool | None = None
     add_generation_prompt: Bool | None = True  # vLLM extra
 
 
@@ -174,6 +183,7 @@ class ChatCompletionResponse(BaseModel):
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # index, then id/type/name first, arguments after
 
 
 class ChatChunkChoice(BaseModel):

@@ -7,6 +7,7 @@ prompts that do not fit the context window or the KV cache.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -23,9 +24,18 @@ from inferd.serve.protocol import (
     SamplingRequest,
 )
 from inferd.serve.token_ids import parse_token_key
+from inferd.serve.tools import (
+    ToolPlan,
+    native_messages,
+    plan_tools,
+    render_default,
+    template_has_tools,
+)
+from inferd.structured import GrammarError, Guide
 
 log = logging.getLogger(__name__)
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
+         "tool": "tool"}
 TEXT_PARTS = {"text", "input_text"}
 MAX_TOP_LOGPROBS = 20
 MAX_BEST_OF = 128  # as n
@@ -35,6 +45,8 @@ CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # OpenAI's code; token coun
 TOO_MANY_SEQUENCES = "too_many_sequences"  # prompts x n over --max-waiting-requests
 EMPTY_PROMPT = "empty_prompt"  # text the tokenizer turns into no tokens
 STREAM_WITH_BEST_OF = "stream_with_best_of"  # best_of above n compared with stream
+INVALID_GRAMMAR = "invalid_grammar"  # a schema, regex or grammar llguidance cannot compile
+CONFLICTING_STRUCTURED_OUTPUT = "conflicting_structured_output"  # two kinds asked for at once
 
 
 # ---- fields the models do not declare ---------------------------------------------------------
@@ -43,9 +55,8 @@ STREAM_WITH_BEST_OF = "stream_with_best_of"  # best_of above n compared with str
 UNSUPPORTED_FIELDS = {
     "functions": "function calling", "function_call": "function calling",
     "audio": "audio output", "prediction": "predicted outputs", "web_search_options": "web search",
-    "guided_json": "structured output", "guided_regex": "structured output",
-    "guided_choice": "structured output", "guided_grammar": "structured output",
-    "guided_decoding_backend": "structured output", "structured_outputs": "structured output",
+    "structured_outputs": "vLLM's structured_outputs object (use response_format or guided_*)",
+    "guided_whitespace_pattern": "guided_whitespace_pattern",
     "use_beam_search": "beam search", "length_penalty": "beam search",
     "truncate_prompt_tokens": "prompt truncation", "prompt_embeds": "prompt embeddings",
     "bad_words": "bad_words", "allowed_token_ids": "allowed_token_ids",
@@ -60,9 +71,12 @@ UNSUPPORTED_FIELDS = {
 NEUTRAL = {"modalities": (["text"],), "length_penalty": (1, 1.0), "priority": (0,),
            "spaces_between_special_tokens": (True,)}
 # Accepted and without effect here, as in OpenAI's API or vLLM: metadata and hints.
-NO_EFFECT = {"user", "store", "metadata", "service_tier", "parallel_tool_calls", "reasoning_effort",
+NO_EFFECT = {"user", "store", "metadata", "service_tier", "reasoning_effort",
              "request_id", "safety_identifier", "prompt_cache_key", "verbosity"}
-MESSAGE_UNSUPPORTED = {"tool_calls": "tool calls", "function_call": "function calling", "audio": "audio"}
+MESSAGE_UNSUPPORTED = {"function_call": "function calling (use tool_calls)", "audio": "audio"}
+# Structured-output backends: this server's is llguidance; vLLM's names for it and "auto" are
+# accepted, others refused rather than silently replaced.
+GUIDED_BACKENDS = {"auto", "llguidance", "guidance"}
 
 
 def check_extra_fields(body: BaseModel) -> None:
@@ -140,11 +154,27 @@ def message_dicts(messages: list[ChatMessage], param: str = "messages") -> list[
                                       "not supported (text only)", param=param)
                 texts.append(part.text)
             text = "\n".join(texts)
-        entry = {"role": role, "content": text}
+        entry: dict[str, Any] = {"role": role, "content": text}
         if m.name:  # templates that know speaker names use it; the others ignore it
             entry["name"] = m.name
+        if m.tool_calls:
+            if role != "assistant":
+                raise bad_request(f"{param}[{i}]: only assistant messages carry tool_calls", param=param)
+            entry["tool_calls"] = _tool_calls(m.tool_calls, f"{param}[{i}]", param)
+        if role == "tool":
+            entry["tool_call_id"] = m.tool_call_id or ""
         out.append(entry)
     return out
+
+
+def _tool_calls(calls: list[dict[str, Any]], where: str, param: str) -> list[dict[str, Any]]:
+    for j, c in enumerate(calls):
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) \
+                or not isinstance(fn.get("arguments", ""), str):
+            raise bad_request(f"{where}.tool_calls[{j}] must be {{'id', 'type': 'function', 'function': "
+                              "{'name': str, 'arguments': str}}", param=param)
+    return calls
 
 
 def encode_text(engine: AsyncEngine, text: str, param: str, *, add_special_tokens: bool = True,
@@ -178,13 +208,24 @@ def _unicode_hint(text: str) -> str:
 
 def chat_prompt_ids(engine: AsyncEngine, messages: list[ChatMessage],
                     add_generation_prompt: bool = True, param: str = "messages",
-                    max_tokens: int | None = None, parse_special_in_content: bool = False) -> list[int]:
+                    max_tokens: int | None = None, parse_special_in_content: bool = False,
+                    tools: ToolPlan | None = None) -> list[int]:
     """max_tokens: refuse early (PromptTooLong) a conversation that cannot fit this many tokens.
-    Control-token text inside messages stays text unless parse_special_in_content."""
+    Control-token text inside messages stays text unless parse_special_in_content. tools: the
+    functions the model may call this turn (rendered by the template or, without a tools
+    section in it, by inferd's default format, which also renders past calls and results)."""
     dicts = message_dicts(messages, param)
     tok = engine.tokenizer
+    native = template_has_tools(tok.chat_template)
+    template_tools = None
+    if native:
+        dicts = native_messages(dicts)
+        template_tools = [{"type": "function", "function": f} for f in tools.functions] if tools else None
+    else:
+        dicts = render_default(dicts, tools)
     try:
-        text = tok.apply_chat_template(dicts, add_generation_prompt=add_generation_prompt)
+        text = tok.apply_chat_template(dicts, add_generation_prompt=add_generation_prompt,
+                                       tools=template_tools)
     except Exception as exc:  # a template may refuse a conversation (e.g. roles must alternate)
         raise bad_request(f"could not apply the chat template: {exc}", param=param) from None
     if parse_special_in_content or not any(tok.holds_control_text(d["content"]) for d in dicts):
@@ -193,7 +234,7 @@ def chat_prompt_ids(engine: AsyncEngine, messages: list[ChatMessage],
     if max_tokens is not None:
         refuse_if_cannot_fit(engine, text, param, max_tokens)
     try:
-        return tok.encode_rendered_chat(text, dicts, add_generation_prompt)
+        return tok.encode_rendered_chat(text, dicts, add_generation_prompt, tools=template_tools)
     except (TypeError, ValueError) as exc:
         raise bad_request(f"could not encode the conversation: {exc}", param=param) from None
 
@@ -272,6 +313,73 @@ def _common(req: SamplingRequest, vocab: int) -> dict[str, Any]:
     )
 
 
+def request_guide(req: SamplingRequest, engine: AsyncEngine) -> Guide | None:
+    """The structured-output guide a request asks for (response_format or one guided_* field),
+    compiled now (cached) so that a bad schema is a 400 with llguidance's message."""
+    found: list[tuple[str, Guide]] = []
+    fmt = getattr(req, "response_format", None)
+    if fmt is not None:
+        found += [("response_format", g) for g in [_response_format_guide(fmt)] if g is not None]
+    if req.guided_json is not None:
+        schema = req.guided_json
+        if isinstance(schema, str):
+            try:
+                schema = json.loads(schema)
+            except ValueError as exc:
+                raise bad_request(f"guided_json is not valid JSON: {exc}", param="guided_json",
+                                  code=INVALID_GRAMMAR) from None
+        found.append(("guided_json", Guide.json(schema)))
+    if req.guided_regex is not None:
+        found.append(("guided_regex", Guide("regex", req.guided_regex)))
+    if req.guided_choice is not None:
+        if not req.guided_choice:
+            raise bad_request("guided_choice must list at least one choice", param="guided_choice")
+        found.append(("guided_choice", Guide.choice(req.guided_choice)))
+    if req.guided_grammar is not None:
+        found.append(("guided_grammar", Guide("grammar", req.guided_grammar)))
+    if req.guided_decoding_backend not in (None, *GUIDED_BACKENDS):
+        raise bad_request(f"guided_decoding_backend {req.guided_decoding_backend!r} is not available; this "
+                          f"server uses llguidance (one of {sorted(GUIDED_BACKENDS)})",
+                          param="guided_decoding_backend")
+    if len(found) > 1:
+        raise bad_request(f"only one kind of structured output may be asked for, got {[n for n, _ in found]}",
+                          param=found[1][0], code=CONFLICTING_STRUCTURED_OUTPUT)
+    if not found:
+        return None
+    param, guide = found[0]
+    compile_guide(engine, guide, param)
+    return guide
+
+
+def compile_guide(engine: AsyncEngine, guide: Guide, param: str) -> None:
+    try:
+        engine.engine.grammars.compile(guide, param)
+    except GrammarError as exc:
+        raise bad_request(str(exc), param=param, code=INVALID_GRAMMAR) from None
+
+
+def _response_format_guide(fmt: dict[str, Any]) -> Guide | None:
+    """OpenAI's response_format: text | json_object | json_schema {name, schema, strict}."""
+    kind = fmt.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return Guide.json_object()
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise bad_request("response_format json_schema needs a 'json_schema' object with a 'name'",
+                              param="response_format")
+        schema = spec.get("schema", {})
+        if not isinstance(schema, dict | bool):
+            raise bad_request("response_format json_schema.schema must be a JSON schema object",
+                              param="response_format")
+        # Non-strict schemas may use keywords llguidance cannot enforce; strict ones may not.
+        return Guide.json(schema, lenient=spec.get("strict") is not True)
+    raise bad_request(f"response_format type {kind!r} is not supported (text, json_object, json_schema)",
+                      param="response_format")
+
+
 def _finalize(engine: AsyncEngine, ids: list[int], fields: dict[str, Any],
               max_tokens: int | None, max_tokens_param: str) -> SamplingParams:
     """Pick max_tokens (the rest of the window when unset), build and check against the limits."""
@@ -298,16 +406,18 @@ def _finalize(engine: AsyncEngine, ids: list[int], fields: dict[str, Any],
     return params
 
 
-def chat_params(req: ChatCompletionRequest, engine: AsyncEngine, ids: list[int]) -> SamplingParams:
-    if req.response_format and req.response_format.get("type", "text") != "text":
-        raise bad_request(f"response_format type {req.response_format.get('type')!r} is not supported "
-                          "(only 'text')", param="response_format")
-    if req.tools and req.tool_choice != "none":
-        raise bad_request("tool calling is not supported by this server", param="tools")
-    if req.tool_choice not in (None, "none", "auto"):
-        raise bad_request(f"tool_choice {req.tool_choice!r} needs tool calling, which this server does "
-                          "not support", param="tool_choice")
+def chat_params(req: ChatCompletionRequest, engine: AsyncEngine, ids: list[int],
+                tools: ToolPlan | None = None) -> SamplingParams:
     fields = _common(req, model_vocab(engine))
+    guide = request_guide(req, engine)
+    if tools is not None and tools.constrained:
+        if guide is not None:
+            raise bad_request("tool_choice 'required' or a named function cannot be combined with "
+                              "structured output (response_format or guided_*)", param="tool_choice",
+                              code=CONFLICTING_STRUCTURED_OUTPUT)
+        guide = tools.guide()
+        compile_guide(engine, guide, "tools")
+    fields["guide"] = guide
     if req.top_logprobs is not None:
         if not req.logprobs:
             raise bad_request("'top_logprobs' requires 'logprobs' to be true", param="top_logprobs")
@@ -323,12 +433,19 @@ def chat_params(req: ChatCompletionRequest, engine: AsyncEngine, ids: list[int])
 
 def chat_inputs(req: ChatCompletionRequest, engine: AsyncEngine,
                 parse_special_in_content: bool = False) -> tuple[list[int], SamplingParams]:
-    """Prompt ids and sampling parameters of a chat request. Tokenizes: run it off the event loop."""
+    """Prompt ids and sampling parameters of a chat request. Tokenizes and compiles grammars:
+    run it off the event loop."""
     check_size(engine, 1, 1 if req.n is None else max(req.n, 1))
+    tools = chat_tools(req)
     ids = chat_prompt_ids(engine, req.messages, req.add_generation_prompt is not False,
                           max_tokens=engine.engine.max_seq_tokens,
-                          parse_special_in_content=parse_special_in_content)
-    return ids, chat_params(req, engine, ids)
+                          parse_special_in_content=parse_special_in_content, tools=tools)
+    return ids, chat_params(req, engine, ids, tools)
+
+
+def chat_tools(req: ChatCompletionRequest) -> ToolPlan | None:
+    """The functions the model may call this turn (None: tool_choice none, or no tools)."""
+    return plan_tools(req.tools, req.tool_choice, req.parallel_tool_calls)
 
 
 def completion_inputs(req: CompletionRequest, engine: AsyncEngine
@@ -377,6 +494,7 @@ def completion_params(req: CompletionRequest, engine: AsyncEngine, ids: list[int
         # token's own). The response shows logprobs only when the request asked for them.
         fields["n"] = best_of
         fields.setdefault("logprobs", 0)
+    fields["guide"] = request_guide(req, engine)
     if req.prompt_logprobs is not None:
         fields["prompt_logprobs"] = req.prompt_logprobs
     elif req.echo and req.logprobs is not None:

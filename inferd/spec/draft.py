@@ -54,7 +54,7 @@ class DraftRunner(ModelRunner):
     """A ModelRunner whose result is the raw logits of the rows that sample (no sampling)."""
 
     def _sample(self, hidden, sample_rows, sample_seqs, spec_rows,  # type: ignore[override]
-                prompt_lp_rows):
+                prompt_lp_rows, masks=None):
         if not sample_rows:
             return sample_seqs, None
         return sample_seqs, self._logits(hidden, sample_rows)

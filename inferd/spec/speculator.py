@@ -167,8 +167,9 @@ class Speculator:
         k = logits.shape[0] - 1  # the scheduler may have cut the proposals short
         props = proposals[:k]
         draft_probs = self._draft_probs.pop(seq.seq_id, None)
+        bias = result.masks.spec.get(seq.seq_id) if result.masks is not None else None
         tokens = verify_proposals(seq, props, logits, result.sampled.token_ids[row], self.eos_ids,
-                                  None if draft_probs is None else draft_probs[:k])
+                                  None if draft_probs is None else draft_probs[:k], bias)
         accepted = len(tokens) - 1
         # The accepted proposals' K/V were written in this forward at the right positions.
         seq.num_computed_tokens += accepted

@@ -5,7 +5,8 @@ including the first disagreement. Sampled rows use rejection sampling (Leviathan
 Chen et al., 2023), so emitted tokens follow the target's distribution exactly: with a
 deterministic (one-hot) proposal that reduces to "draw from the target, accept if equal", and
 with a sampled draft to min(1, q/p) acceptance and a draw from the residual. Penalties and
-min_tokens are applied per position with the history that position would have.
+min_tokens are applied per position with the history that position would have, and so is a
+grammar's mask (structured output): a proposal the grammar refuses is never accepted.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from inferd.engine.sampler import apply_penalties_and_masks, filter_logits
 from inferd.engine.sequence import Sequence
+from inferd.structured.masks import mask_logits
 
 
 class HistoryView:
@@ -53,7 +55,8 @@ def processed_logits(logits: torch.Tensor, seq: Sequence, proposals: list[int],
 
 
 def verify_proposals(seq: Sequence, proposals: list[int], logits: torch.Tensor, first_token: int,
-                     eos_ids: frozenset[int], draft_probs: torch.Tensor | None = None) -> list[int]:
+                     eos_ids: frozenset[int], draft_probs: torch.Tensor | None = None,
+                     grammar_bias: torch.Tensor | None = None) -> list[int]:
     """Accepted proposals followed by one token from the target (correction or bonus).
 
     logits: [k+1, V] raw target logits; row i predicts the token after proposals[:i].
@@ -62,9 +65,13 @@ def verify_proposals(seq: Sequence, proposals: list[int], logits: torch.Tensor, 
     token, as in non-speculative decoding.
     draft_probs: [k, V] distributions the proposals were sampled from, or None for deterministic
     proposals (n-gram, greedy draft).
+    grammar_bias: [k+1, V] the grammar's mask at each position (row i: after proposals[:i]) as
+    0 / -inf, or None.
     """
     k = len(proposals)
     scores = processed_logits(logits, seq, proposals, eos_ids)
+    if grammar_bias is not None:
+        scores = mask_logits(scores, grammar_bias.to(scores.device), logits)
     if seq.params.greedy:
         targets = scores.argmax(dim=-1).tolist()
         targets[0] = first_token

@@ -38,3 +38,22 @@ def test_default_model_answers_through_its_chat_template(bundled_server):
                                             temperature=0, stream=True)
     deltas = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
     assert "".join(deltas) == answer and len(deltas) >= 5
+
+
+def test_json_object_and_a_schema_with_the_real_model(bundled_server):
+    """json_object (any object: only a model that knows when to stop can end one) and a schema."""
+    import json
+
+    client = openai.OpenAI(base_url=bundled_server.v1, api_key="unused", max_retries=0, timeout=120)
+    ask = [{"role": "user", "content": "What is the capital city of Germany? Answer in JSON with the key "
+                                       "\"capital\"."}]
+    r = client.chat.completions.create(model="smollm2-135m", messages=ask, max_tokens=60, temperature=0,
+                                       response_format={"type": "json_object"})
+    assert r.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(r.choices[0].message.content), dict)
+    schema = {"type": "object", "required": ["capital"], "additionalProperties": False,
+              "properties": {"capital": {"type": "string"}}}
+    r = client.chat.completions.create(model="smollm2-135m", messages=ask, max_tokens=60, temperature=0,
+                                       response_format={"type": "json_schema", "json_schema": {
+                                           "name": "answer", "schema": schema, "strict": True}})
+    assert "Berlin" in json.loads(r.choices[0].message.content)["capital"]

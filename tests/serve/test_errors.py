@@ -66,7 +66,7 @@ def test_wrong_types(http, path, body, param):
     (CHAT, {"messages": MSG, "logit_bias": {"5": 500}}, "logit_bias"),
     (CHAT, {"messages": MSG, "stream_options": {"include_usage": True}}, "stream_options"),
     (CHAT, {"messages": MSG, "response_format": {"type": "json_schema"}}, "response_format"),
-    (CHAT, {"messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    (CHAT, {"messages": MSG, "tools": [{"type": "function", "function": {"name": "no spaces"}}]}, "tools"),
     (CHAT, {"messages": []}, "messages"),
     (CHAT, {"messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
     (CHAT, {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},

@@ -68,7 +68,9 @@ def test_cross_checks_the_server_makes_are_in_the_document(doc):
     schemas = doc["components"]["schemas"]
     assert schemas["ContentPart"]["required"] == ["type", "text"]
     assert schemas["ContentPart"]["properties"]["type"]["enum"] == ["input_text", "text"]
-    assert sorted(schemas["ChatMessage"]["properties"]["role"]["enum"]) == ["assistant", "developer", "system", "user"]
+    assert sorted(schemas["ChatMessage"]["properties"]["role"]["enum"]) == ["assistant", "developer", "system",
+                                                                             "tool", "user"]
+    assert schemas["ChatMessage"]["allOf"][0]["then"]["properties"]["role"]["const"] == "assistant"
     chat = schemas["ChatCompletionRequest"]
     stream_options, top_lp, tools = chat["allOf"]
     assert stream_options["then"]["properties"]["stream"]["const"] is True  # stream_options need stream
@@ -77,8 +79,15 @@ def test_cross_checks_the_server_makes_are_in_the_document(doc):
     assert max_tokens_0["if"]["properties"]["max_tokens"] == {"const": 0}
     assert max_tokens_0["then"] == {"required": ["echo"], "properties": {"echo": {"const": True}}}
     assert top_lp["then"]["properties"]["logprobs"]["const"] is True  # top_logprobs needs logprobs
-    assert tools["then"]["properties"]["tool_choice"]["const"] == "none"  # tools need tool_choice none
-    assert all(b.get("type") != "object" for b in chat["properties"]["tool_choice"]["anyOf"])
+    assert tools["then"]["required"] == ["tools"]  # a tool_choice other than none needs tools
+    assert tools["if"]["properties"]["tool_choice"] == {"not": {"enum": ["none", None]}}
+    named = next(b for b in chat["properties"]["tool_choice"]["anyOf"] if b.get("type") == "object")
+    assert named["properties"]["function"]["required"] == ["name"]
+    choices = next(b for b in chat["properties"]["tool_choice"]["anyOf"] if b.get("type") == "string")
+    assert choices["enum"] == ["none", "auto", "required"]
+    formats = chat["properties"]["response_format"]["anyOf"]
+    assert formats[1]["properties"]["json_schema"]["required"] == ["name"]
+    assert chat["properties"]["tools"]["anyOf"][0]["items"]["properties"]["type"] == {"enum": ["function"]}
     best_of = schemas["CompletionRequest"]["properties"]["best_of"]
     assert {"type": "integer", "minimum": 1, "maximum": 128} in best_of["anyOf"]
     assert "highest cumulative log-probability" in best_of["description"]
@@ -157,7 +166,7 @@ def test_the_400s_a_valid_body_can_get_are_listed_with_their_codes(doc):
         response = doc["paths"][path][method]["responses"]["400"]
         assert response[SEMANTIC_CODES_KEY] == codes
         assert all(f"{code}: " in response["description"] for code in codes)
-    assert set(SEMANTIC_400_BY_ROUTE[("post", "/v1/completions")]) == set(SEMANTIC_400)
+    assert set().union(*SEMANTIC_400_BY_ROUTE.values()) == set(SEMANTIC_400)
     assert SEMANTIC_CODES_KEY not in doc["paths"]["/tokenize"]["post"]["responses"]["400"]
 
 

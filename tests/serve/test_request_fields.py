@@ -100,7 +100,8 @@ async def test_prompt_logprobs_without_echo_are_returned(client):
 
 
 @pytest.mark.parametrize("field,value", [
-    ("guided_json", {"type": "object"}), ("use_beam_search", True), ("functions", [{"name": "f"}]),
+    ("structured_outputs", {"json": {"type": "object"}}), ("use_beam_search", True),
+    ("functions", [{"name": "f"}]),
     ("truncate_prompt_tokens", 5), ("modalities", ["text", "audio"]), ("priority", 3),
     ("chat_template", "{{ messages }}"), ("echo", True),
 ])
@@ -115,8 +116,11 @@ async def test_refused_message_and_tool_fields(client):
     async with client:
         tool_call = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
         r = await client.post("/v1/chat/completions", json={"model": "tiny", "messages": [
-            *MSG, {"role": "assistant", "content": None, "tool_calls": tool_call}]})
-        assert r.status_code == 400 and "tool calls" in r.json()["error"]["message"], r.text
+            *MSG, {"role": "user", "content": None, "tool_calls": tool_call}]})
+        assert r.status_code == 400 and "only assistant messages" in r.json()["error"]["message"], r.text
+        r = await client.post("/v1/chat/completions", json={"model": "tiny", "messages": [
+            *MSG, {"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}}]})
+        assert r.status_code == 400 and "function calling" in r.json()["error"]["message"], r.text
         r = await client.post("/v1/chat/completions", json={"model": "tiny", "messages": MSG,
                                                             "tool_choice": "required"})
         assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice", r.text
