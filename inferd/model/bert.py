@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from inferd.model.errors import ModelLoadError
+from inferd.model.safetensors_loader import read_safetensors_shards
 
 # hidden_act values as transformers' ACT2FN spells them; "gelu" is the exact erf form.
 _ACTIVATIONS = {
@@ -238,19 +239,8 @@ class BertEncoder(nn.Module):
 def read_float_tensors(directory: Path) -> dict[str, torch.Tensor]:
     """All float tensors of the directory's *.safetensors files. Integer buffers old BERT
     checkpoints carry (`embeddings.position_ids`) are skipped: positions are computed here."""
-    from safetensors.torch import load_file
-
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise ModelLoadError(str(directory), "no *.safetensors weight files")
-    tensors: dict[str, torch.Tensor] = {}
-    for f in files:
-        try:
-            shard = load_file(str(f))
-        except Exception as exc:  # SafetensorError, OSError: truncated or not safetensors
-            raise ModelLoadError(str(f), f"corrupt or truncated safetensors file ({exc})") from None
-        tensors.update((k, v) for k, v in shard.items() if v.is_floating_point())
-    return tensors
+    return {k: v for _, shard in read_safetensors_shards(directory) for k, v in shard.items()
+            if v.is_floating_point()}
 
 
 def load_bert_encoder(directory: Path, dtype: torch.dtype = torch.float32,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -35,18 +36,25 @@ def read_hf_config(directory: Path) -> ArchConfig:
         raise ModelLoadError(str(cfg_path), f"config.json lacks required key {exc}") from None
 
 
-def load_safetensors(directory: Path) -> dict[str, torch.Tensor]:
+def read_safetensors_shards(directory: Path) -> Iterator[tuple[Path, dict[str, torch.Tensor]]]:
+    """Each *.safetensors file of `directory` with its tensors; a missing, truncated or foreign
+    file is a ModelLoadError naming it. Callers decide which tensors they take."""
     from safetensors.torch import load_file
 
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise ModelLoadError(str(directory), "no *.safetensors weight files")
-    tensors: dict[str, torch.Tensor] = {}
     for f in files:
         try:
             shard = load_file(str(f))
         except Exception as exc:  # SafetensorError, OSError: truncated or not safetensors
             raise ModelLoadError(str(f), f"corrupt or truncated safetensors file ({exc})") from None
+        yield f, shard
+
+
+def load_safetensors(directory: Path) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for f, shard in read_safetensors_shards(directory):
         for name, t in shard.items():
             if t.dtype not in FLOAT_DTYPES:
                 raise ModelLoadError(str(f), f"tensor {name} has unsupported dtype {t.dtype}; "
